@@ -1,0 +1,82 @@
+"""Every exception actstore raises, under one base class :class:`ActstoreError`.
+
+Each class also subclasses the builtin it resembles, so callers can catch either
+(``except KeyError`` still catches :class:`RunNotFoundError`). Messages say what was
+expected, what was got, and what to do.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActstoreError",
+    "ConfigError",
+    "CorpusError",
+    "EmptyCorpusError",
+    "FloatOverflowError",
+    "FormatVersionError",
+    "ModelLoadError",
+    "RunExistsError",
+    "RunNotFoundError",
+    "SiteError",
+    "SiteNotFoundError",
+    "StoreError",
+    "StoreNotFoundError",
+]
+
+
+class ActstoreError(Exception):
+    """Base class of every error actstore raises on purpose."""
+
+
+class ConfigError(ActstoreError, ValueError):
+    """An option has a value that cannot work (bad dtype, bad shard index, ...)."""
+
+
+class CorpusError(ActstoreError, ValueError):
+    """The corpus cannot be read: missing file, unknown format, unknown text field."""
+
+
+class EmptyCorpusError(CorpusError):
+    """The corpus holds no document with any text."""
+
+
+class ModelLoadError(ActstoreError, OSError):
+    """The model or tokenizer cannot be loaded from the given id or folder."""
+
+
+class SiteError(ActstoreError, ValueError):
+    """A site spec is malformed or out of range for the model (e.g. ``hidden.99``)."""
+
+
+class SiteNotFoundError(SiteError, KeyError):
+    """A site is not present in a run or model; the message lists the valid ones."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreError(ActstoreError, OSError):
+    """The store path cannot hold or is not a store (e.g. it is a file)."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """No store exists at the given path."""
+
+
+class FormatVersionError(StoreError):
+    """The store was written by a newer (or unknown) format version."""
+
+
+class RunNotFoundError(ActstoreError, KeyError):
+    """No committed run of that name in the store; the message lists the runs there."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class RunExistsError(ActstoreError, FileExistsError):
+    """A run of that name exists with different arguments (use ``--overwrite``)."""
+
+
+class FloatOverflowError(ActstoreError, OverflowError):
+    """An activation does not fit the storage dtype (|x| > 65504 for float16)."""

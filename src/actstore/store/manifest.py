@@ -1,0 +1,142 @@
+"""Read and atomically update ``actstore.json``, the list of committed runs.
+
+A run becomes visible to readers only when its name appears here; writers update the
+file under an exclusive lock with write-temp, fsync, rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from actstore.errors import FormatVersionError, StoreError, StoreNotFoundError
+from actstore.store.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, ManifestJSON
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "create_store",
+    "read_manifest",
+    "store_lock",
+    "update_manifest",
+]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old or the new file, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """:func:`atomic_write_bytes` of ``obj`` as indented JSON."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def _check_manifest(path: Path, data: Any) -> ManifestJSON:
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        raise StoreError(
+            f"{path} is not an actstore manifest (expected \"format\": \"{FORMAT_NAME}\"); "
+            "point at a store directory made by actstore"
+        )
+    version = data.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"store {path.parent} has format version {version!r}, this actstore reads up to "
+            f"{FORMAT_VERSION}; upgrade actstore to read it"
+        )
+    runs = data.get("runs")
+    if not isinstance(runs, dict):
+        raise StoreError(f"{path} has no \"runs\" object; the manifest is damaged")
+    return data  # type: ignore[return-value]
+
+
+def read_manifest(store: Path) -> ManifestJSON:
+    """Return the parsed, version-checked manifest of ``store``.
+
+    Raises
+    ------
+    StoreNotFoundError
+        ``store`` does not exist or holds no ``actstore.json``.
+    StoreError
+        ``store`` is a file, or the manifest is not an actstore manifest.
+    FormatVersionError
+        The store was written by a newer format version.
+    """
+    store = Path(store)
+    if store.is_file():
+        raise StoreError(f"store path {store} is a file, expected a directory; pick another path")
+    path = store / MANIFEST_NAME
+    if not path.is_file():
+        raise StoreNotFoundError(
+            f"no actstore store at {store} (no {MANIFEST_NAME}); "
+            "create one with `actstore extract --store PATH ...`"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{path} is not valid JSON ({e}); the manifest is damaged") from e
+    return _check_manifest(path, data)
+
+
+def create_store(store: Path) -> ManifestJSON:
+    """Open ``store`` for writing, creating an empty store if the path is new or empty.
+
+    Raises
+    ------
+    StoreError
+        The path is a file, or a non-empty directory that is not a store.
+    """
+    store = Path(store)
+    if store.exists() and not store.is_dir():
+        raise StoreError(f"store path {store} is a file, expected a directory; pick another path")
+    if (store / MANIFEST_NAME).exists():
+        return read_manifest(store)
+    if store.is_dir() and any(store.iterdir()):
+        raise StoreError(
+            f"{store} is a non-empty directory without {MANIFEST_NAME}, not a store; "
+            "pick a new or empty directory"
+        )
+    store.mkdir(parents=True, exist_ok=True)
+    with store_lock(store):
+        if not (store / MANIFEST_NAME).exists():
+            empty: ManifestJSON = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "runs": {}}
+            atomic_write_json(store / MANIFEST_NAME, empty)
+    return read_manifest(store)
+
+
+@contextlib.contextmanager
+def store_lock(store: Path) -> Iterator[None]:
+    """Hold the store's exclusive writer lock (``.actstore.lock``, advisory ``flock``)."""
+    fd = os.open(Path(store) / ".actstore.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def update_manifest(store: Path, change: Callable[[ManifestJSON], None]) -> ManifestJSON:
+    """Apply ``change`` to the manifest in place under the lock and atomically replace it."""
+    store = Path(store)
+    with store_lock(store):
+        manifest = read_manifest(store)
+        change(manifest)
+        atomic_write_json(store / MANIFEST_NAME, manifest)
+    return manifest
