@@ -50,9 +50,7 @@ def check_storage_dtype(name: str) -> StorageDType:
     """
     allowed = get_args(StorageDType)
     if name not in allowed:
-        raise ConfigError(
-            f"unsupported dtype {name!r}; expected one of {', '.join(allowed)}"
-        )
+        raise ConfigError(f"unsupported dtype {name!r}; expected one of {', '.join(allowed)}")
     return name  # type: ignore[return-value]
 
 

@@ -51,7 +51,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def _check_manifest(path: Path, data: Any) -> ManifestJSON:
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise StoreError(
-            f"{path} is not an actstore manifest (expected \"format\": \"{FORMAT_NAME}\"); "
+            f'{path} is not an actstore manifest (expected "format": "{FORMAT_NAME}"); '
             "point at a store directory made by actstore"
         )
     version = data.get("version")
@@ -62,7 +62,7 @@ def _check_manifest(path: Path, data: Any) -> ManifestJSON:
         )
     runs = data.get("runs")
     if not isinstance(runs, dict):
-        raise StoreError(f"{path} has no \"runs\" object; the manifest is damaged")
+        raise StoreError(f'{path} has no "runs" object; the manifest is damaged')
     return data  # type: ignore[return-value]
 
 

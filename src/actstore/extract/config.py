@@ -1,0 +1,157 @@
+"""The options of one extraction job, as a frozen dataclass (the CLI help is built from it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from actstore.errors import ConfigError
+from actstore.store.arrays import Codec, Layout
+from actstore.store.dtypes import check_storage_dtype
+from actstore.store.format import StorageDType
+
+__all__ = ["IDENTITY_EXCLUDED", "ExtractConfig", "check_run_name"]
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+#: Fields that do not change what is stored, so a job may resume with other values.
+IDENTITY_EXCLUDED = frozenset({"store", "shard", "overwrite", "quiet", "device"})
+
+
+def check_run_name(name: str) -> str:
+    """Return ``name`` if it can name a run (a directory and a SQL value), else raise.
+
+    >>> check_run_name("minilm-v2")
+    'minilm-v2'
+    """
+    if not _RUN_NAME.match(name):
+        raise ConfigError(
+            f"run name {name!r} is not allowed; use letters, digits, '_', '-' and '.', "
+            "starting with a letter or digit (at most 128 characters)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything an extraction job needs; the resolved form is saved in ``run.json``."""
+
+    model: str
+    """Hugging Face model id or local folder (anything AutoModel / AutoModelForCausalLM loads)."""
+    data: str
+    """Corpus: .txt (one doc per line), .jsonl, .csv, .parquet, or a saved HF dataset folder."""
+    store: str
+    """Store directory (created if new)."""
+    run: str
+    """Run name inside the store (letters, digits, '_', '-', '.')."""
+    sites: str = "all"
+    """Comma-separated sites: hidden.i (0 = embedding output), module:<path>, or all."""
+    dtype: StorageDType = "float16"
+    """Storage dtype of the activations: float32, float16 or bfloat16."""
+    text_field: str | None = None
+    """JSONL field / CSV or Parquet column / dataset column holding the text (default text)."""
+    data_format: Literal["auto", "txt", "jsonl", "csv", "parquet", "hf"] = "auto"
+    """Corpus format; auto picks it from the file suffix or folder contents."""
+    encoding_errors: Literal["strict", "replace"] = "strict"
+    """What to do with bytes that are not UTF-8: stop with an error, or replace them."""
+    max_length: int | None = None
+    """Tokens per sequence fed to the model, special tokens included (default: the model's)."""
+    long_docs: Literal["truncate", "window"] = "truncate"
+    """Docs longer than max_length: truncate them, or cover them with overlapping windows
+    (each token stored once, from the first window that has it after the overlap)."""
+    window_overlap: int = 64
+    """Tokens of left context each window after the first repeats from the previous one."""
+    batch_tokens: int = 16384
+    """Token budget of one forward batch (batch size x padded length)."""
+    pool_batches: int = 32
+    """Batches per length-sorted pool; also the checkpoint interval."""
+    centroids: bool = False
+    """Also store per-token-id running sums and counts of every site (centroids)."""
+    on_overflow: Literal["error", "clip"] = "error"
+    """float16 values beyond +-65504: stop with an error, or clip them (counted in run.json)."""
+    add_special_tokens: bool = True
+    """Add the tokenizer's special tokens (CLS/SEP, BOS) around each sequence."""
+    limit_docs: int | None = None
+    """Read only the first N records of the corpus (for trials)."""
+    revision: str | None = None
+    """Model revision (branch, tag or commit) when loading from a hub cache."""
+    device: str = "auto"
+    """cuda, cuda:1, cpu, or auto (cuda when available)."""
+    compute_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """dtype of the forward pass; auto: float32 on CPU, the checkpoint's half dtype on CUDA."""
+    shard: int = 0
+    """Index of this writer among num_shards (0-based)."""
+    num_shards: int = 1
+    """Number of independent writers sharing the run (each takes doc_id % num_shards == shard)."""
+    chunk_rows: int = 64
+    """Rows per Zarr chunk (the unit a gather reads)."""
+    shard_rows: int | None = None
+    """Rows per Zarr shard file (multiple of chunk_rows); default about 32 MiB per file."""
+    codec: Codec = "none"
+    """Chunk compression: none, zstd, or blosc (zstd + bitshuffle)."""
+    trust_remote_code: bool = False
+    """Allow model code from the model folder (only for models you trust)."""
+    overwrite: bool = False
+    """Replace an existing run of the same name made with other arguments."""
+    quiet: bool = False
+    """No progress bar."""
+
+    def __post_init__(self) -> None:
+        check_run_name(self.run)
+        check_storage_dtype(self.dtype)
+        positive = {"batch_tokens": self.batch_tokens, "pool_batches": self.pool_batches}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.max_length is not None and self.max_length < 2:
+            raise ConfigError(f"max_length must be >= 2, got {self.max_length}")
+        if self.window_overlap < 0:
+            raise ConfigError(f"window_overlap must be >= 0, got {self.window_overlap}")
+        if self.limit_docs is not None and self.limit_docs < 1:
+            raise ConfigError(f"limit_docs must be >= 1, got {self.limit_docs}")
+        if self.num_shards < 1 or not 0 <= self.shard < self.num_shards:
+            raise ConfigError(
+                f"shard must be in 0..num_shards-1, got shard={self.shard} "
+                f"num_shards={self.num_shards}"
+            )
+        self.layout()  # validates chunk/shard/codec
+
+    def layout(self) -> Layout:
+        """The Zarr layout these options ask for."""
+        return Layout(chunk_rows=self.chunk_rows, shard_rows=self.shard_rows, codec=self.codec)
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as a JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The options that decide what is stored (two jobs agree on these to share a run)."""
+        return {k: v for k, v in self.to_json().items() if k not in IDENTITY_EXCLUDED}
+
+    @classmethod
+    def help_texts(cls) -> dict[str, str]:
+        """Field name -> its docstring, for the CLI help."""
+        return _field_docs(cls)
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs

@@ -1,0 +1,231 @@
+"""Commit a run: once every part is complete, publish it as one run in ``actstore.json``.
+
+The commit numbers rows globally (part k's rows follow part k-1's), writes the run's
+tokens, vocabulary, docs and centroid tables, then ``run.json``, and last replaces the
+manifest atomically; only then can readers see the run. Every step before the manifest
+replace can be redone, so a commit killed half-way is finished by running it again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+from zarr.codecs import ZstdCodec
+from zarr.storage import LocalStore
+
+from actstore.errors import RunExistsError
+from actstore.store.format import (
+    ARRAYS_DIR,
+    MANIFEST_NAME,
+    RunJSON,
+    part_dir,
+    part_name,
+    run_dir,
+)
+from actstore.store.manifest import atomic_write_json, read_manifest, store_lock
+from actstore.store.part import Progress, load_json, load_progress, now_iso
+
+__all__ = ["commit_run", "drop_run"]
+
+
+def drop_run(store: Path, run: str) -> None:
+    """Remove ``run`` from the manifest (atomically), then delete its files."""
+    with store_lock(store):
+        manifest = read_manifest(store)
+        if manifest["runs"].pop(run, None) is not None:
+            atomic_write_json(store / MANIFEST_NAME, manifest)
+    shutil.rmtree(run_dir(store, run), ignore_errors=True)
+    for f in (store / "docs").glob(f"{run}.part-*.parquet"):
+        f.unlink()
+
+
+def commit_run(store: Path, run: str, num_parts: int) -> RunJSON | None:
+    """Publish ``run`` if all ``num_parts`` parts are complete; else return None.
+
+    Returns the run's ``run.json`` content (also when it was already committed).
+
+    Raises
+    ------
+    RunExistsError
+        The parts were written with different options.
+    """
+    store = Path(store)
+    rdir = run_dir(store, run)
+    with store_lock(store):
+        manifest = read_manifest(store)
+        if run in manifest["runs"]:
+            done: RunJSON = load_json(rdir / "run.json")
+            return done
+        progresses: list[Progress] = []
+        for k in range(num_parts):
+            prog = load_progress(store, run, k)
+            if prog is None or not prog["complete"]:
+                return None
+            progresses.append(prog)
+        metas = [load_json(part_dir(store, run, k) / "meta.json") for k in range(num_parts)]
+        for k, meta in enumerate(metas[1:], start=1):
+            if meta["identity"] != metas[0]["identity"]:
+                raise RunExistsError(
+                    f"part {k} of run {run!r} was written with other options than part 0; "
+                    "re-run that shard with the same arguments, or use --overwrite"
+                )
+        meta = metas[0]
+        offsets = np.concatenate([[0], np.cumsum([p["rows"] for p in progresses])])
+        vocab_size = int(meta["vocab_size"])
+        counts = _write_tokens(store, run, progresses, offsets, vocab_size)
+        _write_vocab(store, run, counts)
+        n_docs = _write_docs(store, run, progresses)
+        centroid_sites = _write_centroids(store, run, progresses, meta, vocab_size)
+        zarr.open_group(store=LocalStore(rdir / ARRAYS_DIR), mode="a")
+
+        total: dict[str, int] = {}
+        timings: dict[str, float] = {}
+        for prog in progresses:
+            for key, value in prog["counts"].items():
+                total[key] = total.get(key, 0) + value
+            for key, secs in prog["timings"].items():
+                timings[key] = max(timings.get(key, 0.0), secs)
+        total["rows"] = int(offsets[-1])
+        total["docs"] = n_docs
+        committed_at = now_iso()
+        run_json: RunJSON = {
+            "version": 1,
+            "run": run,
+            "status": "committed",
+            "model": meta["model"],
+            "tokenizer": meta["tokenizer"],
+            "sites": meta["sites"],
+            "matrices": meta["matrices"],
+            "head": meta["head"],
+            "dtype": meta["dtype"],
+            "config": meta["config"],
+            "counts": total,
+            "parts": [
+                {
+                    "index": k,
+                    "n_rows": p["rows"],
+                    "row_offset": int(offsets[k]),
+                    "n_docs": p["counts"].get("docs", 0),
+                }
+                for k, p in enumerate(progresses)
+            ],
+            "timings": timings,
+            "versions": meta["versions"],
+            "created_at": meta["created_at"],
+            "committed_at": committed_at,
+        }
+        if centroid_sites:
+            run_json["centroids"] = centroid_sites
+        atomic_write_json(rdir / "run.json", run_json)
+        manifest["runs"][run] = {
+            "committed_at": committed_at,
+            "n_rows": total["rows"],
+            "n_docs": n_docs,
+            "num_parts": num_parts,
+        }
+        atomic_write_json(store / MANIFEST_NAME, manifest)
+    shutil.rmtree(rdir / "parts", ignore_errors=True)
+    return run_json
+
+
+def _write_tokens(
+    store: Path, run: str, progresses: list[Progress], offsets: Any, vocab_size: int
+) -> Any:
+    out = run_dir(store, run) / "tokens"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for k, prog in enumerate(progresses):
+        for i, name in enumerate(prog["token_files"]):
+            table = pq.read_table(part_dir(store, run, k) / name)
+            rows = table.column("row").to_numpy() + offsets[k]
+            table = table.set_column(0, "row", pa.array(rows, pa.int64()))
+            ids = table.column("token_id").to_numpy()
+            counts += np.bincount(ids, minlength=vocab_size)[:vocab_size]
+            pq.write_table(
+                table,
+                out / f"{part_name(k)}-{i:06d}.parquet",
+                row_group_size=128 * 1024,
+                compression="zstd",
+            )
+    return counts
+
+
+def _write_vocab(store: Path, run: str, counts: Any) -> None:
+    rdir = run_dir(store, run)
+    strings = pq.read_table(part_dir(store, run, 0) / "vocab_strings.parquet")
+    n = strings.num_rows
+    table = strings.append_column("count", pa.array(counts[:n], pa.int64()))
+    pq.write_table(table, rdir / "vocab.parquet", compression="zstd")
+
+
+def _write_docs(store: Path, run: str, progresses: list[Progress]) -> int:
+    out = store / "docs"
+    out.mkdir(exist_ok=True)
+    n_docs = 0
+    for k, prog in enumerate(progresses):
+        tables = [pq.read_table(part_dir(store, run, k) / f) for f in prog["doc_files"]]
+        if not tables:
+            continue
+        table = pa.concat_tables(tables, promote_options="permissive")
+        n_docs += table.num_rows
+        pq.write_table(
+            table,
+            out / f"{run}.{part_name(k)}.parquet",
+            row_group_size=64 * 1024,
+            compression="zstd",
+        )
+    return n_docs
+
+
+def _write_centroids(
+    store: Path, run: str, progresses: list[Progress], meta: dict[str, Any], vocab_size: int
+) -> list[str]:
+    files = [p["centroid_file"] for p in progresses]
+    if not any(files):
+        return []
+    sites = [s["name"] for s in meta["sites"]]
+    dims = {s["name"]: s["d"] for s in meta["sites"]}
+    count = np.zeros(vocab_size, np.int64)
+    sums = {site: np.zeros((vocab_size, dims[site]), np.float64) for site in sites}
+    for k, name in enumerate(files):
+        if name is None:
+            continue
+        with np.load(part_dir(store, run, k) / name) as z:
+            ids = z["ids"]
+            count[ids] += z["count"]
+            for site in sites:
+                sums[site][ids] += z[f"sum:{site}"]
+    root = LocalStore(run_dir(store, run) / ARRAYS_DIR)
+    for site, total in sums.items():
+        arr = zarr.create_array(
+            store=root,
+            name=f"centroids/{site}",
+            shape=total.shape,
+            chunks=(min(vocab_size, 1024), total.shape[1]),
+            dtype=np.float64,
+            compressors=(ZstdCodec(level=3),),
+            fill_value=0,
+            overwrite=True,
+            attributes={"meaning": "sum over the run's rows of this site, per token_id"},
+        )
+        arr[...] = total
+    arr = zarr.create_array(
+        store=root,
+        name="centroids/count",
+        shape=count.shape,
+        chunks=(vocab_size,),
+        dtype=np.int64,
+        compressors=(ZstdCodec(level=3),),
+        fill_value=0,
+        overwrite=True,
+        attributes={"meaning": "rows per token_id; centroid = sum / count"},
+    )
+    arr[...] = count
+    return sites

@@ -1,0 +1,257 @@
+"""The staging area of one shard writer: its row arrays, token and doc files, checkpoints.
+
+A part lives in ``runs/<run>/parts/part-KKKK/`` (staging, removed at commit) and
+``runs/<run>/arrays/part-KKKK/`` (its row arrays, kept). ``progress.json`` is the durable
+checkpoint: everything it lists is complete on disk; anything else in the staging area
+is debris from a crash and is deleted when the writer resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypedDict
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from actstore.store.arrays import Layout, RowArrayWriter
+from actstore.store.format import (
+    ARRAYS_DIR,
+    TOKENS_COLUMNS,
+    StorageDType,
+    part_array_path,
+    part_dir,
+    run_dir,
+)
+from actstore.store.manifest import atomic_write_json
+
+__all__ = ["PartWriter", "Progress", "load_json", "load_progress", "tokens_schema"]
+
+PROGRESS_VERSION = 1
+
+
+class Progress(TypedDict):
+    """``progress.json`` of a part: the last durable checkpoint."""
+
+    version: int
+    pools: int
+    consumed: int
+    rows: int
+    counts: dict[str, int]
+    timings: dict[str, float]
+    token_files: list[str]
+    doc_files: list[str]
+    centroid_file: str | None
+    complete: bool
+
+
+def tokens_schema() -> pa.Schema:
+    """Arrow schema of the tokens table."""
+    return pa.schema([(name, pa.type_for_alias(t)) for name, t in TOKENS_COLUMNS.items()])
+
+
+def load_json(path: Path) -> Any:
+    """Parsed JSON of ``path``, or None if it does not exist."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_progress(store: Path, run: str, index: int) -> Progress | None:
+    """The checkpoint of part ``index`` of ``run``, or None if it has none."""
+    data: Progress | None = load_json(part_dir(store, run, index) / "progress.json")
+    return data
+
+
+class PartWriter:
+    """Write one part of a run and checkpoint it.
+
+    Parameters
+    ----------
+    store, run, index
+        Where the part lives.
+    sites : mapping of site name to width ``d``
+        The row arrays to write.
+    dtype : {"float32", "float16", "bfloat16"}
+        Storage dtype of the row arrays.
+    layout : Layout
+        Chunking of the row arrays.
+    resume : Progress or None
+        A checkpoint to continue from; None starts the part afresh (deleting old files).
+    """
+
+    def __init__(
+        self,
+        store: Path,
+        run: str,
+        index: int,
+        *,
+        sites: Mapping[str, int],
+        dtype: StorageDType,
+        layout: Layout,
+        resume: Progress | None,
+    ) -> None:
+        self.dir = part_dir(store, run, index)
+        self.arrays_root = run_dir(store, run) / ARRAYS_DIR
+        if resume is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            from actstore.store.format import part_name
+
+            shutil.rmtree(self.arrays_root / part_name(index), ignore_errors=True)
+            resume = Progress(
+                version=PROGRESS_VERSION,
+                pools=0,
+                consumed=0,
+                rows=0,
+                counts={},
+                timings={},
+                token_files=[],
+                doc_files=[],
+                centroid_file=None,
+                complete=False,
+            )
+            rows: int | None = None
+        else:
+            rows = resume["rows"]
+        (self.dir / "tokens").mkdir(parents=True, exist_ok=True)
+        (self.dir / "docs").mkdir(parents=True, exist_ok=True)
+        self._remove_debris(resume)
+        self.progress = resume
+        self.writers = {
+            site: RowArrayWriter(
+                self.arrays_root,
+                part_array_path(index, site),
+                d,
+                dtype,
+                layout,
+                resume_rows=rows,
+            )
+            for site, d in sites.items()
+        }
+        self._tokens: list[dict[str, npt.NDArray[Any]]] = []
+        self._rows = resume["rows"]
+
+    def _remove_debris(self, progress: Progress) -> None:
+        listed = {*progress["token_files"], *progress["doc_files"]}
+        if progress["centroid_file"]:
+            listed.add(progress["centroid_file"])
+        for sub in ("tokens", "docs", "centroids"):
+            folder = self.dir / sub
+            if folder.is_dir():
+                for f in folder.iterdir():
+                    if f"{sub}/{f.name}" not in listed:
+                        f.unlink()
+
+    @property
+    def rows(self) -> int:
+        """Rows appended so far (durable or not)."""
+        return self._rows
+
+    def add_batch(
+        self, arrays: Mapping[str, npt.NDArray[Any]], tokens: Mapping[str, npt.NDArray[Any]]
+    ) -> None:
+        """Append one batch: the rows of every site, and their token metadata columns.
+
+        ``tokens`` has every column of the tokens table except ``row``, which is assigned
+        here (consecutive, local to this part).
+        """
+        n = len(tokens["token_id"])
+        for site, writer in self.writers.items():
+            writer.append(arrays[site])
+        cols = dict(tokens)
+        cols["row"] = np.arange(self._rows, self._rows + n, dtype=np.int64)
+        self._tokens.append(cols)
+        self._rows += n
+
+    def checkpoint(
+        self,
+        *,
+        consumed: int,
+        docs: pa.Table,
+        counts: Mapping[str, int],
+        timings: Mapping[str, float],
+        centroids: Mapping[str, npt.NDArray[Any]] | None = None,
+        complete: bool = False,
+    ) -> Progress:
+        """Make everything so far durable and record it in ``progress.json``.
+
+        Parameters
+        ----------
+        consumed : int
+            Source records read so far (where a resumed job starts reading).
+        docs : pyarrow.Table
+            The docs of this pool (their rows are all appended already).
+        counts, timings : mapping
+            Counters and seconds of this pool, added to the running totals.
+        centroids : mapping or None
+            Running centroid state (arrays saved to one ``.npz``), replacing the last one.
+        complete : bool
+            Mark the part finished (no more pools).
+        """
+        seq = self.progress["pools"]
+        for writer in self.writers.values():
+            writer.checkpoint()
+        token_files = list(self.progress["token_files"])
+        if self._tokens:
+            cols = {k: np.concatenate([t[k] for t in self._tokens]) for k in TOKENS_COLUMNS}
+            table = pa.table(cols, schema=tokens_schema())
+            name = f"tokens/{seq:06d}.parquet"
+            _write_parquet(table, self.dir / name)
+            token_files.append(name)
+            self._tokens = []
+        doc_files = list(self.progress["doc_files"])
+        if docs.num_rows:
+            name = f"docs/{seq:06d}.parquet"
+            _write_parquet(docs, self.dir / name)
+            doc_files.append(name)
+        centroid_file = self.progress["centroid_file"]
+        old_centroids = centroid_file
+        if centroids is not None:
+            (self.dir / "centroids").mkdir(exist_ok=True)
+            centroid_file = f"centroids/{seq:06d}.npz"
+            tmp = self.dir / f"centroids/.{seq:06d}.tmp.npz"
+            np.savez(tmp, **centroids)
+            tmp.replace(self.dir / centroid_file)
+        total_counts = dict(self.progress["counts"])
+        for k, v in counts.items():
+            total_counts[k] = total_counts.get(k, 0) + int(v)
+        total_timings = dict(self.progress["timings"])
+        for k, v in timings.items():
+            total_timings[k] = total_timings.get(k, 0.0) + float(v)
+        self.progress = Progress(
+            version=PROGRESS_VERSION,
+            pools=seq + 1,
+            consumed=consumed,
+            rows=self._rows,
+            counts=total_counts,
+            timings=total_timings,
+            token_files=token_files,
+            doc_files=doc_files,
+            centroid_file=centroid_file,
+            complete=complete,
+        )
+        atomic_write_json(self.dir / "progress.json", self.progress)
+        if old_centroids and old_centroids != centroid_file:
+            (self.dir / old_centroids).unlink(missing_ok=True)
+        return self.progress
+
+    def finish(self) -> Progress:
+        """Mark the part complete (after its last checkpoint)."""
+        self.progress = Progress(**{**self.progress, "complete": True})  # type: ignore[typeddict-item]
+        atomic_write_json(self.dir / "progress.json", self.progress)
+        return self.progress
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp, row_group_size=128 * 1024, compression="zstd")
+    tmp.replace(path)
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 (seconds)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
