@@ -89,7 +89,7 @@ def _prepare_run(store: Path, config: ExtractConfig, identity: dict[str, Any]) -
             drop_run(store, config.run)
             return None
         if done["config"] == identity:
-            return done
+            return commit_run(store, config.run, config.num_shards)  # also tidies staging
         raise RunExistsError(_differs(config.run, done["config"], identity))
     for meta_path in sorted((rdir / "parts").glob("part-*/meta.json")):
         other = load_json(meta_path)
@@ -261,6 +261,7 @@ def extract(config: ExtractConfig) -> ExtractResult:
         text_field=config.text_field,
         encoding_errors=config.encoding_errors,
     )
+    next(iter(corpus), None)  # fail on an unreadable first record before touching the store
     create_store(store)
     from actstore.extract.model import (
         SiteCapture,
@@ -356,7 +357,10 @@ def extract(config: ExtractConfig) -> ExtractResult:
     total = corpus.count()
     if total is not None and config.limit_docs is not None:
         total = min(total, config.limit_docs)
-    runner = _DeviceLoop(lm, capture, [s.name for s in sites], config, vocab_size)
+    runner = _DeviceLoop(lm, capture, [s.name for s in sites], config, vocab_size, dims)
+    if config.centroids and part.progress["centroid_file"]:
+        with np.load(pdir / part.progress["centroid_file"]) as saved:
+            runner.load_centroids(dict(saved))
     producer = _Producer(pools)
     writer = _Writer(part, [s.name for s in sites])
     from tqdm.auto import tqdm
@@ -413,11 +417,15 @@ def extract(config: ExtractConfig) -> ExtractResult:
         producer.stop.set()
         with contextlib.suppress(queue.Full):
             writer.queue.put_nowait(None)
+        writer.join(timeout=60)
+        if resume is None and part.progress["pools"] == 0:
+            _remove_empty_part(store, config.run, config.shard)  # nothing durable to resume
         raise
     finally:
         bar.close()
     progress = part.progress
     if progress["counts"].get("docs", 0) == 0 and progress["rows"] == 0:
+        _remove_empty_part(store, config.run, config.shard)
         raise EmptyCorpusError(
             f"no document with text in {config.data}"
             + (f" for shard {config.shard}/{config.num_shards}" if config.num_shards > 1 else "")
@@ -446,6 +454,16 @@ def extract(config: ExtractConfig) -> ExtractResult:
         time.perf_counter() - t_start,
         result,
     )
+
+
+def _remove_empty_part(store: Path, run: str, shard: int) -> None:
+    """Delete what a part that stored nothing left behind (and the run, if nothing else)."""
+    rdir = run_dir(store, run)
+    shutil.rmtree(part_dir(store, run, shard), ignore_errors=True)
+    shutil.rmtree(rdir / ARRAYS_DIR / part_dir(store, run, shard).name, ignore_errors=True)
+    parts = rdir / "parts"
+    if not (parts.is_dir() and any(parts.iterdir())):
+        shutil.rmtree(rdir, ignore_errors=True)
 
 
 def _describe(lm: Any, site: Any) -> str:
@@ -492,7 +510,13 @@ class _DeviceLoop:
     """Per-batch device work: forward, drop padding, cast, centroid sums, host copy."""
 
     def __init__(
-        self, lm: Any, capture: Any, sites: list[str], config: ExtractConfig, vocab_size: int
+        self,
+        lm: Any,
+        capture: Any,
+        sites: list[str],
+        config: ExtractConfig,
+        vocab_size: int,
+        dims: dict[str, int],
     ) -> None:
         import torch
 
@@ -517,7 +541,10 @@ class _DeviceLoop:
         self.centroids = config.centroids
         if self.centroids:
             self.count = torch.zeros(vocab_size, dtype=torch.int64, device=self.device)
-            self.sums: dict[str, Any] = {}
+            self.sums = {
+                s: torch.zeros((vocab_size, dims[s]), dtype=torch.float64, device=self.device)
+                for s in sites
+            }
 
     def run_batch(self, batch: list[Segment], counts: Counter[str]) -> tuple[Any, Any, Any]:
         torch = self.torch
@@ -550,10 +577,6 @@ class _DeviceLoop:
             x = outs[site]
             x = x.reshape(-1, x.shape[-1]).index_select(0, flat_t)
             if self.centroids:
-                if site not in self.sums:
-                    self.sums[site] = torch.zeros(
-                        (self.count.shape[0], x.shape[1]), dtype=torch.float64, device=self.device
-                    )
                 self.sums[site].index_add_(0, token_ids, x.to(torch.float64))
             if self.dtype == "float16":
                 big = x.abs() > FLOAT16_MAX
@@ -595,6 +618,14 @@ class _DeviceLoop:
                     f"{float(self.overflow_max[site].item()):.4g} > 65504); re-run with "
                     "--dtype bfloat16 or float32 (and --overwrite), or --on-overflow clip"
                 )
+
+    def load_centroids(self, state: dict[str, Any]) -> None:
+        """Continue the running sums from a checkpoint (see :meth:`centroid_state`)."""
+        torch = self.torch
+        ids = torch.from_numpy(state["ids"]).to(self.device)
+        self.count[ids] = torch.from_numpy(state["count"]).to(self.device)
+        for site, total in self.sums.items():
+            total[ids] = torch.from_numpy(state[f"sum:{site}"]).to(self.device)
 
     def centroid_state(self) -> dict[str, Any] | None:
         if not self.centroids:

@@ -20,6 +20,7 @@ from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore
 
 from actstore.errors import RunExistsError
+from actstore.store._faults import crash_point
 from actstore.store.format import (
     ARRAYS_DIR,
     MANIFEST_NAME,
@@ -61,6 +62,8 @@ def commit_run(store: Path, run: str, num_parts: int) -> RunJSON | None:
         manifest = read_manifest(store)
         if run in manifest["runs"]:
             done: RunJSON = load_json(rdir / "run.json")
+            # staging left by a commit killed after publishing
+            shutil.rmtree(rdir / "parts", ignore_errors=True)
             return done
         progresses: list[Progress] = []
         for k in range(num_parts):
@@ -79,8 +82,10 @@ def commit_run(store: Path, run: str, num_parts: int) -> RunJSON | None:
         offsets = np.concatenate([[0], np.cumsum([p["rows"] for p in progresses])])
         vocab_size = int(meta["vocab_size"])
         counts = _write_tokens(store, run, progresses, offsets, vocab_size)
+        crash_point()
         _write_vocab(store, run, counts)
         n_docs = _write_docs(store, run, progresses)
+        crash_point()
         centroid_sites = _write_centroids(store, run, progresses, meta, vocab_size)
         zarr.open_group(store=LocalStore(rdir / ARRAYS_DIR), mode="a")
 
@@ -123,6 +128,7 @@ def commit_run(store: Path, run: str, num_parts: int) -> RunJSON | None:
         if centroid_sites:
             run_json["centroids"] = centroid_sites
         atomic_write_json(rdir / "run.json", run_json)
+        crash_point()
         manifest["runs"][run] = {
             "committed_at": committed_at,
             "n_rows": total["rows"],
@@ -130,6 +136,7 @@ def commit_run(store: Path, run: str, num_parts: int) -> RunJSON | None:
             "num_parts": num_parts,
         }
         atomic_write_json(store / MANIFEST_NAME, manifest)
+        crash_point()
     shutil.rmtree(rdir / "parts", ignore_errors=True)
     return run_json
 

@@ -20,6 +20,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from actstore.store._faults import crash_point
 from actstore.store.arrays import Layout, RowArrayWriter
 from actstore.store.format import (
     ARRAYS_DIR,
@@ -166,6 +167,7 @@ class PartWriter:
         cols["row"] = np.arange(self._rows, self._rows + n, dtype=np.int64)
         self._tokens.append(cols)
         self._rows += n
+        crash_point()
 
     def checkpoint(
         self,
@@ -195,6 +197,7 @@ class PartWriter:
         seq = self.progress["pools"]
         for writer in self.writers.values():
             writer.checkpoint()
+            crash_point()
         token_files = list(self.progress["token_files"])
         if self._tokens:
             cols = {k: np.concatenate([t[k] for t in self._tokens]) for k in TOKENS_COLUMNS}
@@ -203,6 +206,7 @@ class PartWriter:
             _write_parquet(table, self.dir / name)
             token_files.append(name)
             self._tokens = []
+            crash_point()
         doc_files = list(self.progress["doc_files"])
         if docs.num_rows:
             name = f"docs/{seq:06d}.parquet"
@@ -216,6 +220,7 @@ class PartWriter:
             tmp = self.dir / f"centroids/.{seq:06d}.tmp.npz"
             np.savez(tmp, **centroids)
             tmp.replace(self.dir / centroid_file)
+            crash_point()
         total_counts = dict(self.progress["counts"])
         for k, v in counts.items():
             total_counts[k] = total_counts.get(k, 0) + int(v)
@@ -235,6 +240,7 @@ class PartWriter:
             complete=complete,
         )
         atomic_write_json(self.dir / "progress.json", self.progress)
+        crash_point()
         if old_centroids and old_centroids != centroid_file:
             (self.dir / old_centroids).unlink(missing_ok=True)
         return self.progress

@@ -1,0 +1,30 @@
+"""Crash injection for the resume tests: die with SIGKILL at the n-th crash point.
+
+Set ``ACTSTORE_CRASH_AT=n`` in a job's environment and the n-th call of
+:func:`crash_point` (counted across the writer's steps: after a batch is appended,
+between the files of a checkpoint, during commit) kills the process as ``kill -9``
+would. Unset, a crash point costs one integer comparison.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+__all__ = ["crash_point"]
+
+_AT = int(os.environ.get("ACTSTORE_CRASH_AT", "0") or 0)
+_count = 0
+_lock = threading.Lock()
+
+
+def crash_point() -> None:
+    """Count one crash point; SIGKILL this process at the ``ACTSTORE_CRASH_AT``-th."""
+    global _count
+    if not _AT:
+        return
+    with _lock:
+        _count += 1
+        if _count == _AT:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,296 @@
+"""Read a store: its committed runs, their metadata, files, matrices and row arrays.
+
+Only runs listed in ``actstore.json`` are visible; a run still being written, or a sharded
+run whose parts are not all done, does not exist for a reader. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from actstore.errors import (
+    MatrixNotFoundError,
+    RowIndexError,
+    RunNotFoundError,
+    SiteNotFoundError,
+    StoreError,
+)
+from actstore.store._gather import MapCache, PartArray, SiteArray
+from actstore.store.dtypes import logical_numpy_dtype, to_logical
+from actstore.store.format import (
+    ARRAYS_DIR,
+    ManifestJSON,
+    RunJSON,
+    SiteJSON,
+    part_array_path,
+    run_dir,
+)
+from actstore.store.manifest import read_manifest
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import pandas as pd
+
+    #: Global row ids: a sequence, an integer ndarray or a pandas Series.
+    RowsLike: TypeAlias = Sequence[int] | npt.NDArray[np.integer[Any]] | pd.Series[Any]
+
+__all__ = ["RunReader", "StoreReader", "as_row_array"]
+
+
+def as_row_array(rows: RowsLike, n_rows: int, what: str) -> npt.NDArray[np.int64]:
+    """``rows`` as a 1-D int64 array, checked to lie in ``[0, n_rows)``.
+
+    >>> as_row_array([3, 1], 5, "run 'a'")
+    array([3, 1])
+
+    Raises
+    ------
+    RowIndexError
+        A row id is out of range, or the rows are not integers.
+    """
+    arr = np.asarray(rows)
+    if arr.ndim != 1:
+        arr = arr.reshape(-1) if arr.ndim == 2 and 1 in arr.shape else arr
+    if arr.ndim != 1:
+        raise RowIndexError(f"rows must be 1-D row ids, got an array of shape {arr.shape}")
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype == object or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise RowIndexError(
+                f"rows must be integer row ids, got dtype {arr.dtype}; select the `row` column"
+            )
+    out = arr.astype(np.int64, copy=False)
+    lo, hi = int(out.min()), int(out.max())
+    if lo < 0 or hi >= n_rows:
+        bad = lo if lo < 0 else hi
+        raise RowIndexError(
+            f"row {bad} out of range for {what} with {n_rows:,} rows (valid: 0..{n_rows - 1}); "
+            "take row ids from the tokens table of the same run"
+        )
+    return out
+
+
+class RunReader:
+    """One committed run: its ``run.json``, files, matrices and row arrays.
+
+    Parameters
+    ----------
+    store : Path
+        The store directory.
+    name : str
+        The run (must be committed).
+    maps : MapCache
+        Memory maps shared by the store's arrays.
+    """
+
+    def __init__(self, store: Path, name: str, maps: MapCache) -> None:
+        self.store = store
+        self.name = name
+        self.dir = run_dir(store, name)
+        self._maps = maps
+        try:
+            self.meta: RunJSON = json.loads((self.dir / "run.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError) as e:
+            raise StoreError(
+                f"run {name!r} is committed in {store} but its run.json is missing or damaged "
+                f"({e}); the store is incomplete"
+            ) from e
+        self._sites: dict[str, SiteArray] = {}
+
+    @property
+    def arrays_root(self) -> Path:
+        """The run's Zarr group directory."""
+        return self.dir / ARRAYS_DIR
+
+    @property
+    def n_rows(self) -> int:
+        """Token rows of the run."""
+        return int(self.meta["counts"]["rows"])
+
+    @property
+    def sites(self) -> list[str]:
+        """Site names in stored order."""
+        return [s["name"] for s in self.meta["sites"]]
+
+    def site_info(self, site: str) -> SiteJSON:
+        """The ``run.json`` entry of ``site``.
+
+        Raises
+        ------
+        SiteNotFoundError
+            The run has no such site.
+        """
+        for s in self.meta["sites"]:
+            if s["name"] == site:
+                return s
+        raise SiteNotFoundError(
+            f"site {site!r} not in run {self.name!r} (has {', '.join(self.sites) or 'none'}); "
+            f"pick one of them or re-extract with --sites {site}"
+        )
+
+    @cached_property
+    def token_files(self) -> list[Path]:
+        """The run's tokens Parquet files in row order."""
+        folder = self.dir / "tokens"
+        return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+
+    @property
+    def vocab_file(self) -> Path | None:
+        """``vocab.parquet`` of the run, if present."""
+        path = self.dir / "vocab.parquet"
+        return path if path.is_file() else None
+
+    def doc_files(self) -> list[Path]:
+        """The docs Parquet files written by this run."""
+        folder = self.store / "docs"
+        return sorted(folder.glob(f"{self.name}.part-*.parquet")) if folder.is_dir() else []
+
+    def site_array(self, site: str) -> SiteArray:
+        """The row array of ``site`` over all parts (global rows)."""
+        if site not in self._sites:
+            self.site_info(site)
+            parts = self.meta["parts"]
+            arrays = [
+                PartArray(self.arrays_root / part_array_path(p["index"], site), self._maps)
+                for p in parts
+            ]
+            for p, arr in zip(parts, arrays, strict=True):
+                if arr.n_rows != p["n_rows"]:
+                    raise StoreError(
+                        f"array {arr.path} has {arr.n_rows} rows, run.json says {p['n_rows']}; "
+                        "the store is damaged"
+                    )
+            self._sites[site] = SiteArray(arrays, [p["row_offset"] for p in parts])
+        return self._sites[site]
+
+    def logical_dtype(self, site: str) -> np.dtype[Any]:
+        """The dtype readers get for ``site`` (``ml_dtypes.bfloat16`` for bfloat16)."""
+        return logical_numpy_dtype(self.site_info(site)["dtype"])
+
+    def to_logical(self, site: str, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """View raw rows of ``site`` as its logical dtype."""
+        return to_logical(x, self.site_info(site)["dtype"])
+
+    def gather(self, site: str, rows: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
+        """Rows ``rows`` (checked, any order, duplicates allowed) of ``site``, logical dtype.
+
+        Row ids are sorted and de-duplicated, each needed row read once, and the result
+        returned in the order of ``rows``: shape ``(len(rows), d)``.
+        """
+        arr = self.site_array(site)
+        if len(rows) == 0:
+            return self.to_logical(site, np.empty((0, arr.d), arr.dtype))
+        if len(rows) == 1 or bool(np.all(rows[1:] > rows[:-1])):
+            return self.to_logical(site, arr.take_sorted(rows))
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        block = arr.take_sorted(uniq)
+        return self.to_logical(site, np.take(block, inverse, axis=0))
+
+    def matrix(self, name: str) -> npt.NDArray[Any]:
+        """A per-vocabulary matrix (``embed``, ``unembed``, ``final_norm.weight``, ...).
+
+        Raises
+        ------
+        MatrixNotFoundError
+            The run stored no matrix of that name.
+        """
+        known = self.meta.get("matrices", {})
+        path = self.arrays_root / name
+        if name not in known or not (path / "zarr.json").is_file():
+            raise MatrixNotFoundError(
+                f"matrix {name!r} not in run {self.name!r} "
+                f"(has {', '.join(known) or 'none'}); pick one of them"
+            )
+        return _read_zarr(path)
+
+    @property
+    def centroid_sites(self) -> list[str]:
+        """Sites with stored per-token centroid sums."""
+        return list(self.meta.get("centroids", []))
+
+    def centroid_sums(self, site: str) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        """Stored ``(sums [V, d] float64, counts [V] int64)`` of ``site``."""
+        root = self.arrays_root / "centroids"
+        return _read_zarr(root / site), _read_zarr(root / "count")
+
+
+def _read_zarr(path: Path) -> npt.NDArray[Any]:
+    import zarr
+    from zarr.storage import LocalStore
+
+    arr = zarr.open_array(store=LocalStore(path, read_only=True), mode="r")
+    return np.asarray(arr[...])
+
+
+class StoreReader:
+    """A store opened for reading: the manifest and its committed runs.
+
+    Parameters
+    ----------
+    path : str or Path
+        The store directory.
+
+    Raises
+    ------
+    StoreNotFoundError, StoreError, FormatVersionError
+        From :func:`actstore.store.manifest.read_manifest`.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.manifest: ManifestJSON = read_manifest(self.path)
+        self.maps = MapCache(max_open=512)
+        self._runs: dict[str, RunReader] = {}
+
+    @property
+    def runs(self) -> list[str]:
+        """Committed runs, in commit order."""
+        return list(self.manifest["runs"])
+
+    def run(self, name: str) -> RunReader:
+        """The committed run ``name``.
+
+        Raises
+        ------
+        RunNotFoundError
+            No committed run of that name.
+        """
+        if name not in self.manifest["runs"]:
+            pending = (run_dir(self.path, name) / "parts").is_dir()
+            hint = (
+                " (it is still being written or not all its shards are done; see `actstore info`)"
+                if pending
+                else ""
+            )
+            raise RunNotFoundError(
+                f"no committed run {name!r} in {self.path}{hint}; "
+                f"runs: {', '.join(self.runs) or 'none'}"
+            )
+        if name not in self._runs:
+            self._runs[name] = RunReader(self.path, name, self.maps)
+        return self._runs[name]
+
+    def result_files(self) -> dict[str, Path]:
+        """Saved results: ``results/<name>/result.parquet`` by name."""
+        root = self.path / "results"
+        if not root.is_dir():
+            return {}
+        return {
+            d.name: d / "result.parquet"
+            for d in sorted(root.iterdir())
+            if (d / "result.parquet").is_file()
+        }
+
+    def close(self) -> None:
+        """Drop the memory maps and cached runs."""
+        self.maps.clear()
+        self._runs.clear()
