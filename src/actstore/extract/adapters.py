@@ -1,0 +1,244 @@
+"""Per-architecture facts the extractor needs: where the blocks are, the final norm, the head.
+
+One small :class:`Adapter` per family of Hugging Face ``model_type`` values, looked up by
+:func:`adapter_for`; a model type not in the registry gets an adapter inferred from the
+module tree (the largest ``nn.ModuleList`` is taken as the blocks). This module imports
+neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from actstore.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["ADAPTERS", "Adapter", "adapter_for", "is_causal_config"]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Where one architecture keeps its blocks and final norm, and what its sites mean.
+
+    All paths are dotted module paths relative to the *base* model
+    (``model.base_model``: ``GPT2Model``, ``LlamaModel``, ``BertModel``, ...).
+    """
+
+    name: str
+    """Short name of the family (``"llama"``)."""
+    model_types: tuple[str, ...]
+    """The ``config.model_type`` values this adapter serves."""
+    layers: str
+    """Path of the ``nn.ModuleList`` of transformer blocks (``"h"``, ``"layers"``)."""
+    final_norm: str | None
+    """Path of the norm after the last block, which Hugging Face folds into
+    ``hidden_states[-1]``; ``None`` when ``hidden_states[-1]`` is the raw last block output."""
+    causal: bool
+    """Load with ``AutoModelForCausalLM`` (the model has an output head) instead of
+    ``AutoModel``."""
+    hidden0: str
+    """What site ``hidden.0`` holds for this architecture, in one sentence."""
+    hidden_last: str
+    """What site ``hidden.L`` holds (whether the final norm is applied), in one sentence."""
+    position_offset: int = 0
+    """Position-embedding rows that are not usable positions (RoBERTa reserves
+    ``padding_idx + 1``), subtracted from ``max_position_embeddings``."""
+
+
+_DECODER_HIDDEN0 = "token embeddings{extra}: the input of block 0 (Hugging Face hidden_states[0])"
+_FINAL_NORM_LAST = (
+    "output of the last block passed through the final {norm} ({path}), as Hugging Face "
+    "returns in hidden_states[-1]; the raw output of the last block is not a hidden site "
+    "(capture it with module:{layers}.<L-1>)"
+)
+
+
+def _decoder(
+    *, name: str, model_types: tuple[str, ...], layers: str, norm_path: str, norm: str, extra: str
+) -> Adapter:
+    return Adapter(
+        name=name,
+        model_types=model_types,
+        layers=layers,
+        final_norm=norm_path,
+        causal=True,
+        hidden0=_DECODER_HIDDEN0.format(extra=extra),
+        hidden_last=_FINAL_NORM_LAST.format(norm=norm, path=norm_path, layers=layers),
+    )
+
+
+_BERT_LAST = (
+    "output of the last encoder layer (post-LN: each layer ends in its own LayerNorm; "
+    "there is no separate final norm and no pooler), as Hugging Face hidden_states[-1]"
+)
+
+#: Every registered adapter; :func:`adapter_for` looks ``config.model_type`` up here.
+ADAPTERS: tuple[Adapter, ...] = (
+    Adapter(
+        name="bert",
+        model_types=("bert",),
+        layers="encoder.layer",
+        final_norm=None,
+        causal=False,
+        hidden0="output of the embeddings module (word + position + token-type embeddings, "
+        "then LayerNorm): the input of encoder layer 0",
+        hidden_last=_BERT_LAST,
+    ),
+    Adapter(
+        name="roberta",
+        model_types=("roberta", "xlm-roberta", "camembert"),
+        layers="encoder.layer",
+        final_norm=None,
+        causal=False,
+        hidden0="output of the embeddings module (word + position + token-type embeddings, "
+        "then LayerNorm): the input of encoder layer 0",
+        hidden_last=_BERT_LAST,
+        position_offset=2,
+    ),
+    Adapter(
+        name="distilbert",
+        model_types=("distilbert",),
+        layers="transformer.layer",
+        final_norm=None,
+        causal=False,
+        hidden0="output of the embeddings module (word + position embeddings, then "
+        "LayerNorm): the input of transformer layer 0",
+        hidden_last=_BERT_LAST,
+    ),
+    _decoder(
+        name="gpt2",
+        model_types=("gpt2",),
+        layers="h",
+        norm_path="ln_f",
+        norm="LayerNorm",
+        extra=" + learned position embeddings",
+    ),
+    _decoder(
+        name="gpt_neo",
+        model_types=("gpt_neo",),
+        layers="h",
+        norm_path="ln_f",
+        norm="LayerNorm",
+        extra=" + learned position embeddings",
+    ),
+    _decoder(
+        name="llama",
+        model_types=("llama",),
+        layers="layers",
+        norm_path="norm",
+        norm="RMSNorm",
+        extra=" (no position embeddings: RoPE)",
+    ),
+    _decoder(
+        name="mistral",
+        model_types=("mistral",),
+        layers="layers",
+        norm_path="norm",
+        norm="RMSNorm",
+        extra=" (no position embeddings: RoPE)",
+    ),
+    _decoder(
+        name="qwen2",
+        model_types=("qwen2", "qwen3"),
+        layers="layers",
+        norm_path="norm",
+        norm="RMSNorm",
+        extra=" (no position embeddings: RoPE)",
+    ),
+)
+
+_BY_TYPE: dict[str, Adapter] = {t: a for a in ADAPTERS for t in a.model_types}
+
+_NORM_NAMES = ("norm", "ln_f", "final_layernorm", "final_layer_norm", "final_norm", "ln_final")
+
+
+def is_causal_config(config: Any) -> bool:
+    """Whether ``config.architectures`` names a causal LM (a model with an output head)."""
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+
+
+def _infer(config: Any, base: nn.Module) -> Adapter | None:
+    """Guess an adapter from the module tree: the biggest ModuleList and a norm after it."""
+    from torch import nn
+
+    best: tuple[int, str] | None = None
+    for path, module in base.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(m) for m in module}) != 1:
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if best is None or size > best[0]:
+            best = (size, path)
+    if best is None:
+        return None
+    layers = best[1]
+    parent = layers.rpartition(".")[0]
+    scope = base.get_submodule(parent) if parent else base
+    norm: str | None = None
+    for child_name, child in scope.named_children():
+        looks_like_norm = "norm" in type(child).__name__.lower()
+        if child_name in _NORM_NAMES and looks_like_norm:
+            norm = f"{parent}.{child_name}" if parent else child_name
+            break
+    model_type = str(getattr(config, "model_type", "unknown"))
+    last = (
+        f"output of the last block passed through the final norm ({norm}) (inferred: "
+        "assumed to be what Hugging Face returns in hidden_states[-1])"
+        if norm
+        else "output of the last block (inferred; no final norm found)"
+    )
+    return Adapter(
+        name=f"inferred:{model_type}",
+        model_types=(model_type,),
+        layers=layers,
+        final_norm=norm,
+        causal=is_causal_config(config),
+        hidden0="input of block 0 (inferred: embeddings as Hugging Face hidden_states[0])",
+        hidden_last=last,
+    )
+
+
+def adapter_for(config: Any, base: nn.Module | None = None) -> Adapter:
+    """Return the adapter for a model configuration.
+
+    Parameters
+    ----------
+    config : transformers.PretrainedConfig
+        The model's configuration; ``config.model_type`` selects the adapter.
+    base : torch.nn.Module, optional
+        The loaded base model. When the model type is not registered, the adapter is
+        inferred from this module tree (largest ``nn.ModuleList`` = blocks; a child named
+        like ``norm`` / ``ln_f`` next to it = final norm).
+
+    Returns
+    -------
+    Adapter
+
+    Raises
+    ------
+    ModelLoadError
+        If the model type is not registered and no adapter can be inferred.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> adapter_for(SimpleNamespace(model_type="gpt2")).final_norm
+    'ln_f'
+    """
+    model_type = str(getattr(config, "model_type", ""))
+    if model_type in _BY_TYPE:
+        return _BY_TYPE[model_type]
+    inferred = _infer(config, base) if base is not None else None
+    if inferred is None:
+        known = ", ".join(sorted(_BY_TYPE))
+        raise ModelLoadError(
+            f"model type {model_type!r} is not supported: no adapter is registered for it "
+            f"(known: {known}) and no list of transformer blocks was found in the model; "
+            "add an Adapter to actstore/extract/adapters.py"
+        )
+    return inferred
