@@ -267,3 +267,74 @@ def test_only_requested_sites_and_modules(
     np.testing.assert_allclose(
         data["sites"]["module:h.0.mlp"][grp["row"].to_numpy()], captured[0][0].numpy(), atol=1e-5
     )
+
+
+@pytest.fixture
+def huge_model(tiny_model_dirs: dict[str, Path], tmp_path: Path) -> Path:
+    """The tiny GPT-2 with embeddings scaled so hidden.0 overflows float16."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = tiny_model_dirs["gpt2"]
+    model = AutoModelForCausalLM.from_pretrained(src)
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(1e6)
+    out = tmp_path / "huge"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return out
+
+
+def test_float16_overflow_is_reported_never_inf(
+    huge_model: Path, corpus: Path, tmp_path: Path
+) -> None:
+    from actstore.errors import FloatOverflowError
+
+    store = tmp_path / "s.acts"
+    with pytest.raises(FloatOverflowError, match=r"hidden\.0 has \d+ values beyond the float16"):
+        run(huge_model, corpus, store, sites="hidden.0", dtype="float16")
+    assert json.loads((store / "actstore.json").read_text())["runs"] == {}
+    res = run(
+        huge_model,
+        corpus,
+        store,
+        sites="hidden.0",
+        dtype="float16",
+        on_overflow="clip",
+        run="clipped",
+    )
+    x = zarr.open(str(store / "runs/clipped/arrays/part-0000/hidden.0"), mode="r")[:]
+    assert np.isfinite(x).all()
+    assert np.abs(x).max() == np.float16(65504)
+    assert res.counts["clipped_values:hidden.0"] == int((np.abs(x) == np.float16(65504)).sum())
+    run(huge_model, corpus, store, sites="hidden.0", dtype="bfloat16", run="bf16")
+    y = read_run(store, "bf16")["sites"]["hidden.0"]
+    assert np.isfinite(y).all()
+    assert np.abs(y).max() > 65504
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("compute_dtype", ["float32", "float16", "bfloat16"])
+def test_cuda_extraction_matches_cpu(
+    minilm_dir: Path, corpus: Path, tmp_path: Path, compute_dtype: str
+) -> None:
+    cpu = tmp_path / "cpu.acts"
+    gpu = tmp_path / "gpu.acts"
+    run(minilm_dir, corpus, cpu, dtype="float32", centroids=True)
+    run(
+        minilm_dir,
+        corpus,
+        gpu,
+        dtype="float32",
+        centroids=True,
+        device="cuda",
+        compute_dtype=compute_dtype,
+    )
+    a, b = read_run(cpu), read_run(gpu)
+    assert a["tokens"].equals(b["tokens"])
+    tol = {"float32": 1e-4, "float16": 3e-2, "bfloat16": 2e-1}[compute_dtype]
+    for site, x in a["sites"].items():
+        np.testing.assert_allclose(b["sites"][site], x, atol=tol * max(1.0, np.abs(x).max()))
+    np.testing.assert_array_equal(
+        a["group"]["centroids/count"][:], b["group"]["centroids/count"][:]
+    )

@@ -218,15 +218,15 @@ class PartWriter:
             (self.dir / "centroids").mkdir(exist_ok=True)
             centroid_file = f"centroids/{seq:06d}.npz"
             tmp = self.dir / f"centroids/.{seq:06d}.tmp.npz"
-            np.savez(tmp, **centroids)
+            np.savez(tmp, **dict[str, Any](centroids))
             tmp.replace(self.dir / centroid_file)
             crash_point()
         total_counts = dict(self.progress["counts"])
         for k, v in counts.items():
             total_counts[k] = total_counts.get(k, 0) + int(v)
-        total_timings = dict(self.progress["timings"])
-        for k, v in timings.items():
-            total_timings[k] = total_timings.get(k, 0.0) + float(v)
+        total_timings: dict[str, float] = dict(self.progress["timings"])
+        for k, secs in timings.items():
+            total_timings[k] = total_timings.get(k, 0.0) + float(secs)
         self.progress = Progress(
             version=PROGRESS_VERSION,
             pools=seq + 1,
@@ -247,7 +247,8 @@ class PartWriter:
 
     def finish(self) -> Progress:
         """Mark the part complete (after its last checkpoint)."""
-        self.progress = Progress(**{**self.progress, "complete": True})  # type: ignore[typeddict-item]
+        self.progress = self.progress.copy()
+        self.progress["complete"] = True
         atomic_write_json(self.dir / "progress.json", self.progress)
         return self.progress
 
