@@ -15,17 +15,9 @@ from torch import nn
 
 from actstore.errors import ConfigError, ModelLoadError, SiteError, SiteNotFoundError
 from actstore.extract.adapters import ADAPTERS, adapter_for
-from actstore.extract.model import (
-    LoadedModel,
-    Site,
-    SiteCapture,
-    head_info,
-    list_modules,
-    load_model,
-    matrices,
-    parse_sites,
-    valid_sites,
-)
+from actstore.extract.head import head_info, matrices
+from actstore.extract.model import LoadedModel, load_model
+from actstore.extract.sites import Site, SiteCapture, list_modules, parse_sites, valid_sites
 from tests.conftest import TINY_ARCHS, save_tiny_model
 
 EXTRA_ARCHS = ("mistral", "qwen3", "distilbert", "roberta")

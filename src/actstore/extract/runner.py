@@ -27,13 +27,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from actstore.errors import EmptyCorpusError, FloatOverflowError, RunExistsError
+from actstore.errors import EmptyCorpusError, RunExistsError
+from actstore.extract._device import DeviceLoop
 from actstore.extract.batching import Pool, Pooler, Segment
 from actstore.extract.config import ExtractConfig
 from actstore.extract.corpus import Corpus, Doc, open_corpus
 from actstore.store.arrays import write_matrix
 from actstore.store.commit import commit_run, drop_run
-from actstore.store.dtypes import FLOAT16_MAX
 from actstore.store.format import ARRAYS_DIR, RunJSON, part_dir, run_dir
 from actstore.store.manifest import create_store, read_manifest
 from actstore.store.part import PartWriter, Progress, load_json, load_progress, now_iso
@@ -263,13 +263,9 @@ def extract(config: ExtractConfig) -> ExtractResult:
     )
     next(iter(corpus), None)  # fail on an unreadable first record before touching the store
     create_store(store)
-    from actstore.extract.model import (
-        SiteCapture,
-        head_info,
-        load_model,
-        matrices,
-        parse_sites,
-    )
+    from actstore.extract.head import head_info, matrices
+    from actstore.extract.model import load_model
+    from actstore.extract.sites import SiteCapture, parse_sites
 
     lm = load_model(
         config.model,
@@ -357,7 +353,7 @@ def extract(config: ExtractConfig) -> ExtractResult:
     total = corpus.count()
     if total is not None and config.limit_docs is not None:
         total = min(total, config.limit_docs)
-    runner = _DeviceLoop(lm, capture, [s.name for s in sites], config, vocab_size, dims)
+    runner = DeviceLoop(lm, capture, [s.name for s in sites], config, vocab_size, dims)
     if config.centroids and part.progress["centroid_file"]:
         with np.load(pdir / part.progress["centroid_file"]) as saved:
             runner.load_centroids(dict(saved))
@@ -504,150 +500,3 @@ def _docs_table(docs: list[Doc]) -> pa.Table:
                 key, pa.array([None if v is None else str(v) for v in values], pa.string())
             )
     return base
-
-
-class _DeviceLoop:
-    """Per-batch device work: forward, drop padding, cast, centroid sums, host copy."""
-
-    def __init__(
-        self,
-        lm: Any,
-        capture: Any,
-        sites: list[str],
-        config: ExtractConfig,
-        vocab_size: int,
-        dims: dict[str, int],
-    ) -> None:
-        import torch
-
-        self.torch = torch
-        self.lm = lm
-        self.capture = capture
-        self.sites = sites
-        self.device = lm.device
-        self.cuda = lm.device.type == "cuda"
-        self.dtype = config.dtype
-        self.store_dtype = {
-            "float32": torch.float32,
-            "float16": torch.float16,
-            "bfloat16": torch.bfloat16,
-        }[config.dtype]
-        self.clip = config.on_overflow == "clip"
-        self.pad_id = int(lm.tokenizer.pad_token_id or 0)
-        self.overflow = {s: torch.zeros((), dtype=torch.int64, device=self.device) for s in sites}
-        self.overflow_max = {
-            s: torch.zeros((), dtype=torch.float32, device=self.device) for s in sites
-        }
-        self.centroids = config.centroids
-        if self.centroids:
-            self.count = torch.zeros(vocab_size, dtype=torch.int64, device=self.device)
-            self.sums = {
-                s: torch.zeros((vocab_size, dims[s]), dtype=torch.float64, device=self.device)
-                for s in sites
-            }
-
-    def run_batch(self, batch: list[Segment], counts: Counter[str]) -> tuple[Any, Any, Any]:
-        torch = self.torch
-        width = max(len(s.ids) for s in batch)
-        ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), width), dtype=np.int64)
-        keep: list[Any] = []
-        for b, seg in enumerate(batch):
-            ids[b, : len(seg.ids)] = seg.ids
-            mask[b, : len(seg.ids)] = 1
-            keep.append(b * width + np.arange(seg.keep_start, seg.keep_end))
-        flat = np.concatenate(keep)
-        counts["tokens"] += int(mask.sum())
-        counts["pad_tokens"] += int(mask.size - mask.sum())
-        counts["sequences"] += len(batch)
-        counts["batches"] += 1
-        ids_t = torch.from_numpy(ids)
-        mask_t = torch.from_numpy(mask)
-        flat_t = torch.from_numpy(flat)
-        if self.cuda:
-            ids_t, mask_t, flat_t = (
-                t.pin_memory().to(self.device, non_blocking=True) for t in (ids_t, mask_t, flat_t)
-            )
-        outs = self.capture(ids_t, mask_t)
-        host = {}
-        token_ids = ids_t.reshape(-1).index_select(0, flat_t)
-        if self.centroids:
-            self.count.index_add_(0, token_ids, torch.ones_like(token_ids))
-        for site in self.sites:
-            x = outs[site]
-            x = x.reshape(-1, x.shape[-1]).index_select(0, flat_t)
-            if self.centroids:
-                self.sums[site].index_add_(0, token_ids, x.to(torch.float64))
-            if self.dtype == "float16":
-                big = x.abs() > FLOAT16_MAX
-                self.overflow[site] += big.sum()
-                self.overflow_max[site] = torch.maximum(
-                    self.overflow_max[site], x.abs().max().float()
-                )
-                if self.clip:
-                    x = x.clamp(-FLOAT16_MAX, FLOAT16_MAX)
-            y = x.to(self.store_dtype)
-            if self.store_dtype == torch.bfloat16:
-                y = y.view(torch.int16)
-            if self.cuda:
-                h = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
-                h.copy_(y, non_blocking=True)
-            else:
-                h = y.contiguous()
-            host[site] = h
-        event = None
-        if self.cuda:
-            event = torch.cuda.Event()
-            event.record()
-        tokens = _token_columns(batch)
-        return event, host, tokens
-
-    def check_overflow(self, counts: Counter[str]) -> None:
-        if self.dtype != "float16":
-            return
-        for site in self.sites:
-            n = int(self.overflow[site].item())
-            if not n:
-                continue
-            if self.clip:
-                counts[f"clipped_values:{site}"] += n
-                self.overflow[site].zero_()
-            else:
-                raise FloatOverflowError(
-                    f"site {site} has {n} values beyond the float16 range (max |x| = "
-                    f"{float(self.overflow_max[site].item()):.4g} > 65504); re-run with "
-                    "--dtype bfloat16 or float32 (and --overwrite), or --on-overflow clip"
-                )
-
-    def load_centroids(self, state: dict[str, Any]) -> None:
-        """Continue the running sums from a checkpoint (see :meth:`centroid_state`)."""
-        torch = self.torch
-        ids = torch.from_numpy(state["ids"]).to(self.device)
-        self.count[ids] = torch.from_numpy(state["count"]).to(self.device)
-        for site, total in self.sums.items():
-            total[ids] = torch.from_numpy(state[f"sum:{site}"]).to(self.device)
-
-    def centroid_state(self) -> dict[str, Any] | None:
-        if not self.centroids:
-            return None
-        ids = self.torch.nonzero(self.count).reshape(-1)
-        state = {"ids": ids.cpu().numpy(), "count": self.count[ids].cpu().numpy()}
-        for site, total in self.sums.items():
-            state[f"sum:{site}"] = total.index_select(0, ids).cpu().numpy()
-        return state
-
-
-def _token_columns(batch: list[Segment]) -> dict[str, Any]:
-    n = [s.n_keep for s in batch]
-    return {
-        "doc_id": np.repeat(np.array([s.doc_id for s in batch], np.int64), n),
-        "pos": np.concatenate(
-            [np.arange(s.pos0, s.pos0 + s.n_keep, dtype=np.int32) for s in batch]
-        ),
-        "token_id": np.concatenate(
-            [s.ids[s.keep_start : s.keep_end].astype(np.int32) for s in batch]
-        ),
-        "start": np.concatenate([s.starts for s in batch]),
-        "end": np.concatenate([s.ends for s in batch]),
-        "special": np.concatenate([s.special for s in batch]),
-    }
