@@ -14,13 +14,18 @@ __all__ = [
     "EmptyCorpusError",
     "FloatOverflowError",
     "FormatVersionError",
+    "MatrixNotFoundError",
     "ModelLoadError",
+    "QueryError",
+    "ResultNotFoundError",
+    "RowIndexError",
     "RunExistsError",
     "RunNotFoundError",
     "SiteError",
     "SiteNotFoundError",
     "StoreError",
     "StoreNotFoundError",
+    "TokenNotFoundError",
 ]
 
 
@@ -80,3 +85,32 @@ class RunExistsError(ActstoreError, FileExistsError):
 
 class FloatOverflowError(ActstoreError, OverflowError):
     """An activation does not fit the storage dtype (|x| > 65504 for float16)."""
+
+
+class QueryError(ActstoreError, ValueError):
+    """A SQL query cannot run: bad syntax, unknown table or column, or an attempt to write."""
+
+
+class RowIndexError(ActstoreError, IndexError):
+    """A row id is out of range for the run, or row ids are not integers."""
+
+
+class MatrixNotFoundError(ActstoreError, KeyError):
+    """A run stored no per-vocabulary matrix of that name; the message lists the ones it has."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class TokenNotFoundError(ActstoreError, KeyError):
+    """No vocabulary entry of a run matches a token string or id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ResultNotFoundError(ActstoreError, KeyError):
+    """No saved result of that name in the store; the message lists the results there."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
