@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from actstore.errors import ModelLoadError
+from actstore.errors import ModelLoadError, TokenNotFoundError
 
 __all__ = ["demo_corpus_path", "minilm_path", "run_demo"]
 
 DEMO_RUN = "minilm"
 #: Concept pairs whose contextual centroids and raw embeddings the demo compares.
-DEMO_PAIRS = (("dog", "cat"), ("dog", "barks"), ("aspirin", "headache"), ("insulin", "red"))
+DEMO_PAIRS = (("dog", "cat"), ("dog", "bark"), ("insulin", "diabetes"), ("insulin", "red"), ("paris", "snow"))
 
 
 def demo_corpus_path() -> Path:
@@ -44,13 +44,24 @@ def _cos(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def _token_id(s: Any, token: str) -> int:
+    """The vocabulary id whose decoded form is ``token`` (the demo's words are single ids)."""
+    found = s.sql(
+        "SELECT token_id FROM vocab WHERE run = ? AND token = ? ORDER BY token_id LIMIT 1",
+        [DEMO_RUN, token],
+    ).fetchall()
+    if not found:
+        raise TokenNotFoundError(f"token {token!r} is not in the vocabulary of run {DEMO_RUN!r}")
+    return int(found[0][0])
+
+
 def run_demo(
     store: str | Path = "demo.acts", *, quiet: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
     """Extract the demo store (if needed) and print what it holds; return the figures."""
     from actstore.extract.config import ExtractConfig
     from actstore.extract.runner import extract
-    from actstore.query import Store
+    import actstore
     from actstore.store.info import format_info, store_info
 
     config = ExtractConfig(
@@ -75,7 +86,7 @@ def run_demo(
     print("== actstore info " + str(store))
     print(format_info(store_info(store)))
     print()
-    with Store.open(store) as s:
+    with actstore.open(store) as s:
         query = (
             "SELECT v.token, count(*) AS n, count(DISTINCT t.doc_id) AS docs "
             "FROM tokens t JOIN vocab v USING (run, token_id) "
@@ -94,7 +105,7 @@ def run_demo(
         figures = {}
         for a, b in DEMO_PAIRS:
             ca, cb = (s.centroid(DEMO_RUN, layer, token=t) for t in (a, b))
-            ia, ib = (s.token_id(DEMO_RUN, t) for t in (a, b))
+            ia, ib = (_token_id(s, t) for t in (a, b))
             c_ctx, c_raw = _cos(ca, cb), _cos(embed[ia], embed[ib])
             figures[f"{a}/{b}"] = {"centroid_cos": c_ctx, "embed_cos": c_raw}
             print(f"   {a + ' / ' + b:<22} {c_ctx:>15.3f} {c_raw:>11.3f}")
