@@ -37,12 +37,23 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: set
         hint = hints[f.name]
         required = f.default is dataclasses.MISSING
         default = None if required else f.default
-        text = helps.get(f.name, "")
+        text = helps.get(f.name, "").replace("%", "%%")  # argparse formats help with %
         if hint is bool:
-            parser.add_argument(*names, action="store_true", help=text)
+            if default:
+                names = ["--no-" + f.name.replace("_", "-")]
+                parser.add_argument(
+                    *names,
+                    dest=f.name,
+                    action="store_false",
+                    default=True,
+                    help=f"do not: {text[0].lower()}{text[1:]}",
+                )
+            else:
+                parser.add_argument(*names, dest=f.name, action="store_true", help=text)
             continue
         args = typing.get_args(hint)
-        kwargs: dict[str, Any] = {"help": text + ("" if required else f" (default: {default})")}
+        shown = "" if required or default is None else f" (default: {default})"
+        kwargs: dict[str, Any] = {"help": text + shown}
         base = hint
         if typing.get_origin(hint) in (typing.Union, types.UnionType):
             base = next(a for a in args if a is not type(None))

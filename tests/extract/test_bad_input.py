@@ -218,3 +218,28 @@ def test_reuse_overwrite_and_idempotent_rerun(
     rj = json.loads((store / "runs/r/run.json").read_text())
     assert [s["name"] for s in rj["sites"]] == ["hidden.2"]
     assert not (store / "runs/r/arrays/part-0000/hidden.1").exists()
+
+
+def test_cli_options_keep_the_dataclass_defaults() -> None:
+    from actstore.cli import build_parser
+
+    args = build_parser().parse_args(["extract", "--model", "m", "--data", "d", "--store", "s"])
+    defaults = ExtractConfig(model="m", data="d", store="s", run="r")
+    for name in (
+        "add_special_tokens",
+        "centroids",
+        "overwrite",
+        "quiet",
+        "dtype",
+        "sites",
+        "batch_tokens",
+        "long_docs",
+        "text_field",
+        "max_length",
+    ):
+        assert getattr(args, name) == getattr(defaults, name), name
+    args = build_parser().parse_args(
+        ["extract", "--model", "m", "--no-add-special-tokens", "--text-column", "body"]
+    )
+    assert args.add_special_tokens is False
+    assert args.text_field == "body"
