@@ -88,9 +88,9 @@ def _prepare_run(store: Path, config: ExtractConfig, identity: dict[str, Any]) -
         if config.overwrite:
             drop_run(store, config.run)
             return None
-        if done["config"] == identity:
+        if done["identity"] == identity:
             return commit_run(store, config.run, config.num_shards)  # also tidies staging
-        raise RunExistsError(_differs(config.run, done["config"], identity))
+        raise RunExistsError(_differs(config.run, done["identity"], identity))
     for meta_path in sorted((rdir / "parts").glob("part-*/meta.json")):
         other = load_json(meta_path)
         if other["identity"] != identity:
@@ -318,7 +318,7 @@ def extract(config: ExtractConfig) -> ExtractResult:
     ]
     meta = {
         "identity": identity,
-        "config": identity,
+        "config": {**config.to_json(), **identity, "device": str(lm.device)},
         "model": lm.info,
         "tokenizer": lm.tokenizer_info,
         "sites": site_json,

@@ -110,6 +110,7 @@ def commit_run(store: Path, run: str, num_parts: int) -> RunJSON | None:
             "head": meta["head"],
             "dtype": meta["dtype"],
             "config": meta["config"],
+            "identity": meta["identity"],
             "counts": total,
             "parts": [
                 {

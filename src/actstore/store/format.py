@@ -97,6 +97,7 @@ class RunJSON(TypedDict):
     head: dict[str, object]
     dtype: StorageDType
     config: dict[str, object]
+    identity: dict[str, object]
     counts: dict[str, int]
     parts: list[PartJSON]
     timings: dict[str, float]
