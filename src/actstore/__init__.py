@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
-from actstore._version import __version__
+from pathlib import Path
 
-__all__ = ["__version__"]
+from actstore._version import __version__
+from actstore.query.store import Store
+
+__all__ = ["Store", "__version__", "open"]
+
+
+def open(path: str | Path) -> Store:
+    """Open the store at ``path`` read-only; see :class:`actstore.query.Store`.
+
+    Raises
+    ------
+    StoreNotFoundError, StoreError, FormatVersionError
+        No store there, not a store, or written by a newer format version.
+    """
+    return Store(path)

@@ -14,6 +14,7 @@ __all__ = [
     "EmptyCorpusError",
     "FloatOverflowError",
     "FormatVersionError",
+    "MappingError",
     "MatrixNotFoundError",
     "ModelLoadError",
     "QueryError",
@@ -114,3 +115,7 @@ class ResultNotFoundError(ActstoreError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class MappingError(ActstoreError, ValueError):
+    """A mapping regression cannot be fitted or applied: mismatched rows or widths, no rows."""

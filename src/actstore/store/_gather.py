@@ -29,7 +29,6 @@ from actstore.errors import StoreError
 __all__ = ["MapCache", "PartArray", "SiteArray"]
 
 _EMPTY = np.uint64(2**64 - 1)
-_MISSING: Any = object()
 #: Gathers of at least this many rows are split over threads (page faults run in parallel).
 _THREAD_MIN_ROWS = 4096
 
@@ -49,17 +48,16 @@ class MapCache:
     def rows(self, path: str, dtype: np.dtype[Any], d: int, offset: int) -> npt.NDArray[Any] | None:
         """The file ``path`` from byte ``offset`` on as whole rows (None if missing or empty)."""
         with self._lock:
-            view = self._views.get(path, _MISSING)
-            if view is not _MISSING:
+            if path in self._views:
                 self._views.move_to_end(path)
-                return view
+                return self._views[path]
         try:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
         except FileNotFoundError:
             mm = None
-        view = None
+        view: npt.NDArray[Any] | None = None
         if mm is not None:
             n = max(0, (len(mm) - offset) // (d * dtype.itemsize))
             view = np.frombuffer(mm, dtype, count=n * d, offset=offset).reshape(n, d)
@@ -279,13 +277,27 @@ class PartArray:
             self._zarr = zarr.open_array(store=LocalStore(self.path, read_only=True), mode="r")
         return self._zarr
 
-    def take(self, rows: npt.NDArray[np.int64], out: npt.NDArray[Any]) -> None:
-        """Copy local rows ``rows`` (sorted, unique, in range) into ``out`` (shape ``(n, d)``)."""
+    def take(
+        self,
+        rows: npt.NDArray[np.int64],
+        out: npt.NDArray[Any],
+        dest: npt.NDArray[np.int64] | None = None,
+    ) -> None:
+        """Copy local rows ``rows`` (grouped by shard, e.g. sorted; in range) into ``out``.
+
+        Row ``rows[i]`` goes to ``out[i]``, or to ``out[dest[i]]`` when ``dest`` is given
+        (scattering straight into the caller's order saves a second full-size copy).
+        """
         if not len(rows):
             return
         lay = self.layout
         if lay is None:
-            out[...] = self._zarr_array().get_orthogonal_selection((rows, slice(None)))
+            uniq, inverse = np.unique(rows, return_inverse=True)
+            block = self._zarr_array().get_orthogonal_selection((uniq, slice(None)))
+            if dest is None:
+                out[...] = block[inverse]
+            else:
+                out[dest] = block[inverse]
             return
         shard_of = rows // lay.shard_rows
         cuts = np.flatnonzero(shard_of[1:] != shard_of[:-1]) + 1
@@ -301,13 +313,21 @@ class PartArray:
         jobs = list(zip(shards.tolist(), starts, stops, strict=True))
 
         def run(group: Sequence[tuple[int, int, int]]) -> None:
-            if simple:  # the common case: no empty chunk, every shard mapped as rows
-                for shard, a, b in group:
-                    view = self._rows_view(shard)
-                    np.take(view, file_rows[a:b], axis=0, out=out[a:b])
-                return
             for shard, a, b in group:
-                self._take_shard(shard, rows[a:b], file_rows[a:b], out[a:b])
+                if simple:  # the common case: no empty chunk, every shard mapped as rows
+                    view = self._rows_view(shard)
+                    if view is None:
+                        raise StoreError(f"shard file {self._shard_path(shard)} vanished")
+                    if dest is None:
+                        np.take(view, file_rows[a:b], axis=0, out=out[a:b])
+                    else:
+                        out[dest[a:b]] = view.take(file_rows[a:b], axis=0)
+                elif dest is None:
+                    self._take_shard(shard, rows[a:b], file_rows[a:b], out[a:b])
+                else:
+                    tmp = np.empty((b - a, self.d), self.dtype)
+                    self._take_shard(shard, rows[a:b], file_rows[a:b], tmp)
+                    out[dest[a:b]] = tmp
 
         if len(rows) >= _THREAD_MIN_ROWS and len(jobs) > 1:
             _parallel(run, jobs)
@@ -424,15 +444,47 @@ class SiteArray:
         self.n_rows = int(self.offsets[-1])
         self.d = parts[0].d
         self.dtype = parts[0].dtype
+        # rows are grouped by (part, shard): group g of part k covers _group_rows[k] rows
+        sizes = [p.layout.shard_rows if p.layout else max(1, p.n_rows) for p in self.parts]
+        counts = [max(1, -(-p.n_rows // n)) for p, n in zip(self.parts, sizes, strict=True)]
+        self._group_rows = np.asarray(sizes, np.int64)
+        self._group_base = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self._n_groups = int(sum(counts))
+        self._group_ends = np.append(self._group_base, self._n_groups)
 
-    def take_sorted(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
-        """Rows ``rows`` (sorted, unique, in range) as an array of shape ``(len(rows), d)``."""
+    def take(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
+        """Rows ``rows`` (in range; any order, repeats allowed), shape ``(len(rows), d)``.
+
+        Row ids are ordered by shard file (a stable radix sort on the file's number, or
+        nothing when they are sorted already) so each file is visited once; each row
+        lands at its position in ``rows``.
+        """
         out = np.empty((len(rows), self.d), self.dtype)
-        cuts = np.searchsorted(rows, self.offsets)
+        if not len(rows):
+            return out
+        if len(rows) == 1 or bool(np.all(rows[1:] >= rows[:-1])):
+            cuts = np.searchsorted(rows, self.offsets)
+            for k, part in enumerate(self.parts):
+                a, b = int(cuts[k]), int(cuts[k + 1])
+                if b > a:
+                    part.take(rows[a:b] - self.offsets[k], out[a:b])
+            return out
+        if len(self.parts) == 1:
+            part_of = np.zeros(len(rows), np.intp)
+        else:
+            part_of = np.searchsorted(self.offsets, rows, side="right") - 1
+        key = (
+            self._group_base[part_of] + (rows - self.offsets[part_of]) // self._group_rows[part_of]
+        )
+        if self._n_groups < 2**16:
+            key = key.astype(np.uint16)  # NumPy sorts 16-bit keys by radix sort
+        order = np.argsort(key, kind="stable")
+        grouped = rows[order]
+        cuts = np.searchsorted(key[order], self._group_ends)
         for k, part in enumerate(self.parts):
             a, b = int(cuts[k]), int(cuts[k + 1])
             if b > a:
-                part.take(rows[a:b] - self.offsets[k], out[a:b])
+                part.take(grouped[a:b] - self.offsets[k], out, order[a:b])
         return out
 
     def read(self, start: int, stop: int) -> npt.NDArray[Any]:

@@ -63,11 +63,14 @@ def as_row_array(rows: RowsLike, n_rows: int, what: str) -> npt.NDArray[np.int64
         raise RowIndexError(f"rows must be 1-D row ids, got an array of shape {arr.shape}")
     if arr.size == 0:
         return np.zeros(0, np.int64)
-    if not np.issubdtype(arr.dtype, np.integer):
-        if arr.dtype == object or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise RowIndexError(
-                f"rows must be integer row ids, got dtype {arr.dtype}; select the `row` column"
-            )
+    if not np.issubdtype(arr.dtype, np.integer) and (
+        not np.issubdtype(arr.dtype, np.floating)
+        or not np.all(np.isfinite(arr))
+        or np.any(arr != np.round(arr))
+    ):
+        raise RowIndexError(
+            f"rows must be integer row ids, got dtype {arr.dtype}; select the `row` column"
+        )
     out = arr.astype(np.int64, copy=False)
     lo, hi = int(out.min()), int(out.max())
     if lo < 0 or hi >= n_rows:
@@ -183,17 +186,10 @@ class RunReader:
     def gather(self, site: str, rows: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
         """Rows ``rows`` (checked, any order, duplicates allowed) of ``site``, logical dtype.
 
-        Row ids are sorted and de-duplicated, each needed row read once, and the result
-        returned in the order of ``rows``: shape ``(len(rows), d)``.
+        Row ids are sorted so each shard file is visited once and read in order; the
+        result is in the order of ``rows``: shape ``(len(rows), d)``.
         """
-        arr = self.site_array(site)
-        if len(rows) == 0:
-            return self.to_logical(site, np.empty((0, arr.d), arr.dtype))
-        if len(rows) == 1 or bool(np.all(rows[1:] > rows[:-1])):
-            return self.to_logical(site, arr.take_sorted(rows))
-        uniq, inverse = np.unique(rows, return_inverse=True)
-        block = arr.take_sorted(uniq)
-        return self.to_logical(site, np.take(block, inverse, axis=0))
+        return self.to_logical(site, self.site_array(site).take(rows))
 
     def matrix(self, name: str) -> npt.NDArray[Any]:
         """A per-vocabulary matrix (``embed``, ``unembed``, ``final_norm.weight``, ...).

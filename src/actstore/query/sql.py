@@ -1,0 +1,453 @@
+"""SQL over a store: one read-only DuckDB connection with a view per table of the store.
+
+Views: ``docs``, ``tokens``, ``vocab``, ``runs``, ``sites`` and one per saved result
+(``results/<name>/result.parquet`` as ``<name>``). Only committed runs' files are
+visible. After the views exist the connection is locked down: DuckDB may read exactly
+the store files the views name and nothing else, may write nowhere, loads no
+extension and refuses any change of configuration; only ``SELECT`` (and ``EXPLAIN``
+of one) statements are accepted.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from actstore.errors import ConfigError, QueryError
+from actstore.store.reader import StoreReader
+
+if TYPE_CHECKING:
+    import duckdb
+    import pandas as pd
+    import pyarrow as pa
+
+__all__ = ["BUILTIN_VIEWS", "QueryResult", "SQLEngine", "format_table", "write_result"]
+
+#: The views every store has, whatever it holds.
+BUILTIN_VIEWS = ("docs", "tokens", "vocab", "runs", "sites")
+
+Params = Sequence[Any] | Mapping[str, Any] | None
+
+_EMPTY_TOKENS = (
+    "SELECT NULL::VARCHAR AS run, NULL::BIGINT AS row, NULL::BIGINT AS doc_id, "
+    "NULL::INTEGER AS pos, NULL::INTEGER AS token_id, NULL::INTEGER AS start, "
+    'NULL::INTEGER AS "end", NULL::BOOLEAN AS special WHERE false'
+)
+_EMPTY_VOCAB = (
+    "SELECT NULL::VARCHAR AS run, NULL::INTEGER AS token_id, NULL::VARCHAR AS token, "
+    "NULL::VARCHAR AS piece, NULL::BOOLEAN AS special, NULL::BIGINT AS count WHERE false"
+)
+_EMPTY_DOCS = (
+    "SELECT NULL::BIGINT AS doc_id, NULL::BIGINT AS doc_index, NULL::VARCHAR AS text WHERE false"
+)
+_EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(ANALYZE\s+)?", re.IGNORECASE)
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _lit(value: str) -> str:
+    """A SQL string literal of a store path or run name (never of user input)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _files(paths: Sequence[Path]) -> str:
+    return "[" + ", ".join(_lit(str(p)) for p in paths) + "]"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _one_line(message: str) -> str:
+    """DuckDB's message without the echoed query and caret lines, on one line."""
+    kept = []
+    for line in message.splitlines():
+        if line.startswith("LINE "):
+            break
+        if line.strip():
+            kept.append(line.strip())
+    return " ".join(kept)
+
+
+class SQLEngine:
+    """The DuckDB connection of one open store, with its views, locked to reading.
+
+    Parameters
+    ----------
+    reader : StoreReader
+        The opened store.
+    """
+
+    def __init__(self, reader: StoreReader) -> None:
+        import duckdb
+
+        self._duckdb = duckdb
+        self.con: duckdb.DuckDBPyConnection = duckdb.connect(":memory:")
+        self.views: list[str] = []
+        self._columns: dict[str, list[str]] = {}
+        allowed = self._create_views(reader)
+        self._lock_down(allowed)
+
+    def _create_views(self, reader: StoreReader) -> list[str]:
+        import pyarrow as pa
+
+        con = self.con
+        allowed: list[Path] = []
+        token_parts, vocab_parts, doc_files = [], [], []
+        runs_rows: list[dict[str, Any]] = []
+        sites_rows: list[dict[str, Any]] = []
+        for name in reader.runs:
+            run = reader.run(name)
+            if run.token_files:
+                allowed += run.token_files
+                token_parts.append(
+                    f"SELECT {_lit(name)} AS run, * FROM read_parquet({_files(run.token_files)})"
+                )
+            if run.vocab_file is not None:
+                allowed.append(run.vocab_file)
+                vocab_parts.append(
+                    f"SELECT {_lit(name)} AS run, * FROM read_parquet({_lit(str(run.vocab_file))})"
+                )
+            doc_files += run.doc_files()
+            meta = run.meta
+            entry = reader.manifest["runs"][name]
+            runs_rows.append(
+                {
+                    "run": name,
+                    "model": str(meta["model"].get("id", "")),
+                    "model_type": str(meta["model"].get("model_type", "")),
+                    "dtype": meta["dtype"],
+                    "n_rows": run.n_rows,
+                    "n_docs": int(entry["n_docs"]),
+                    "num_parts": int(entry["num_parts"]),
+                    "sites": run.sites,
+                    "committed_at": entry["committed_at"],
+                }
+            )
+            for s in meta["sites"]:
+                sites_rows.append(
+                    {
+                        "run": name,
+                        "site": s["name"],
+                        "d": s["d"],
+                        "dtype": s["dtype"],
+                        "n_rows": run.n_rows,
+                        "describes": s.get("describes", ""),
+                    }
+                )
+        allowed += doc_files
+        con.execute(
+            "CREATE VIEW tokens AS "
+            + (" UNION ALL ".join(token_parts) if token_parts else _EMPTY_TOKENS)
+        )
+        con.execute(
+            "CREATE VIEW vocab AS "
+            + (" UNION ALL BY NAME ".join(vocab_parts) if vocab_parts else _EMPTY_VOCAB)
+        )
+        docs = (
+            # the same doc is written by every run over it: keep one row per doc_id
+            f"SELECT DISTINCT ON (doc_id) * FROM read_parquet({_files(doc_files)}, "
+            "union_by_name = true) ORDER BY doc_id"
+            if doc_files
+            else _EMPTY_DOCS
+        )
+        con.execute("CREATE VIEW docs AS " + docs)
+        runs_schema = pa.schema(
+            [
+                ("run", pa.string()),
+                ("model", pa.string()),
+                ("model_type", pa.string()),
+                ("dtype", pa.string()),
+                ("n_rows", pa.int64()),
+                ("n_docs", pa.int64()),
+                ("num_parts", pa.int64()),
+                ("sites", pa.list_(pa.string())),
+                ("committed_at", pa.string()),
+            ]
+        )
+        sites_schema = pa.schema(
+            [
+                ("run", pa.string()),
+                ("site", pa.string()),
+                ("d", pa.int64()),
+                ("dtype", pa.string()),
+                ("n_rows", pa.int64()),
+                ("describes", pa.string()),
+            ]
+        )
+        self._tables = {
+            "runs": pa.Table.from_pylist(runs_rows, schema=runs_schema),
+            "sites": pa.Table.from_pylist(sites_rows, schema=sites_schema),
+        }
+        for name, table in self._tables.items():
+            con.register(f"_actstore_{name}", table)
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM _actstore_{name}")
+        self.views = list(BUILTIN_VIEWS)
+        for name, path in reader.result_files().items():
+            view = name if name not in BUILTIN_VIEWS else f"result_{name}"
+            allowed.append(path)
+            con.execute(
+                f"CREATE VIEW {_ident(view)} AS SELECT * FROM read_parquet({_lit(str(path))})"
+            )
+            self.views.append(view)
+        return [str(p) for p in allowed]
+
+    def _lock_down(self, allowed: list[str]) -> None:
+        con = self.con
+        con.execute("SET parquet_metadata_cache = true")
+        if allowed:
+            con.execute("SET allowed_paths = ?", [allowed])
+        con.execute("SET enable_external_access = false")
+        con.execute("SET autoinstall_known_extensions = false")
+        con.execute("SET autoload_known_extensions = false")
+        con.execute("SET lock_configuration = true")
+
+    # -- queries -------------------------------------------------------------------------
+
+    def _tables_hint(self) -> str:
+        return "tables: " + ", ".join(self.views)
+
+    def columns(self, view: str) -> list[str]:
+        """Column names of ``view``."""
+        if view not in self._columns:
+            rows = self.con.execute(f"DESCRIBE {_ident(view)}").fetchall()
+            self._columns[view] = [str(r[0]) for r in rows]
+        return self._columns[view]
+
+    def error(self, e: Exception, query: str) -> QueryError:
+        """A one-line :class:`QueryError` for DuckDB error ``e`` raised by ``query``."""
+        duckdb = self._duckdb
+        msg = _one_line(str(e))
+        if isinstance(e, duckdb.PermissionException):
+            return QueryError(
+                f"the store is read-only and queries may read only its own tables ({msg}); "
+                f"{self._tables_hint()}"
+            )
+        if isinstance(e, duckdb.ParserException):
+            return QueryError(f"SQL syntax error: {msg}; {self._tables_hint()}")
+        if isinstance(e, duckdb.BinderException) and "column" in msg.lower():
+            mentioned = [
+                v for v in self.views if re.search(rf"\b{re.escape(v)}\b", query, re.IGNORECASE)
+            ]
+            cols = "; ".join(f"{v}({', '.join(self.columns(v))})" for v in mentioned)
+            return QueryError(
+                f"{msg}; " + (f"columns: {cols}; " if cols else "") + self._tables_hint()
+            )
+        if isinstance(e, duckdb.CatalogException):
+            return QueryError(f"{msg}; {self._tables_hint()}")
+        return QueryError(f"query failed: {msg}")
+
+    def check(self, query: str) -> None:
+        """Refuse anything but one ``SELECT`` (or ``EXPLAIN`` of one).
+
+        Raises
+        ------
+        QueryError
+            Syntax error, several statements, or a statement that would write.
+        """
+        duckdb = self._duckdb
+        if not isinstance(query, str):
+            raise QueryError(f"a query must be a SQL string, got {type(query).__name__}")
+        try:
+            statements = self.con.extract_statements(query)
+        except duckdb.Error as e:
+            raise self.error(e, query) from None
+        if len(statements) != 1:
+            raise QueryError(
+                f"expected one SQL statement, got {len(statements)}; run them one at a time"
+            )
+        st = statements[0]
+        if st.type == duckdb.StatementType.EXPLAIN:
+            inner = _EXPLAIN.sub("", st.query, count=1)
+            if inner != st.query:
+                self.check(inner)
+                return
+        if st.type != duckdb.StatementType.SELECT:
+            kind = str(st.type).rsplit(".", 1)[-1]
+            raise QueryError(
+                f"the store is read-only: a {kind} statement cannot run; only SELECT queries "
+                f"(and EXPLAIN of one) are allowed; {self._tables_hint()}"
+            )
+
+    def sql(self, query: str, params: Params = None) -> QueryResult:
+        """Run ``query`` with ``params`` bound (``?`` or ``$name`` placeholders).
+
+        Raises
+        ------
+        QueryError
+            The query is not one SELECT, does not parse, names an unknown table or column,
+            or its parameters do not match.
+        """
+        self.check(query)
+        try:
+            bound = (
+                list(params)
+                if isinstance(params, Sequence) and not isinstance(params, str)
+                else params
+            )
+            rel = self.con.sql(query, params=bound)
+        except self._duckdb.Error as e:
+            raise self.error(e, query) from None
+        if rel is None:  # pragma: no cover - a SELECT always yields a relation
+            raise QueryError(f"query returned nothing: {query!r}")
+        return QueryResult(rel, query, self)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.con.close()
+
+
+class QueryResult:
+    """The rows of one query, fetched on demand (each fetch runs the query again).
+
+    A read-only stand-in for a DuckDB relation: ``df()``, ``arrow()``, ``fetchall()``,
+    ``fetchone()``, ``fetchnumpy()``, ``pl()``, plus ``columns`` and ``types``.
+    """
+
+    def __init__(self, rel: duckdb.DuckDBPyRelation, query: str, engine: SQLEngine) -> None:
+        self._rel = rel
+        self._query = query
+        self._engine = engine
+
+    def _run(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self._rel, method)(*args)
+        except self._engine._duckdb.Error as e:
+            raise self._engine.error(e, self._query) from None
+
+    @property
+    def columns(self) -> list[str]:
+        """Column names."""
+        return list(self._rel.columns)
+
+    @property
+    def types(self) -> list[str]:
+        """DuckDB type names of the columns."""
+        return [str(t) for t in self._rel.types]
+
+    def df(self) -> pd.DataFrame:
+        """The rows as a pandas DataFrame."""
+        return self._run("df")
+
+    def arrow(self) -> pa.Table:
+        """The rows as a pyarrow Table."""
+        out = self._run("arrow")
+        return out.read_all() if hasattr(out, "read_all") else out
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        """The rows as tuples."""
+        rows: list[tuple[Any, ...]] = self._run("fetchall")
+        return rows
+
+    def limit(self, n: int) -> list[tuple[Any, ...]]:
+        """At most the first ``n`` rows as tuples."""
+        try:
+            rows: list[tuple[Any, ...]] = self._rel.limit(n).fetchall()
+        except self._engine._duckdb.Error as e:
+            raise self._engine.error(e, self._query) from None
+        return rows
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        """The first row, or None."""
+        rows = self.limit(1)
+        return rows[0] if rows else None
+
+    def fetchnumpy(self) -> dict[str, npt.NDArray[Any]]:
+        """The columns as NumPy arrays by name."""
+        cols: dict[str, npt.NDArray[Any]] = self._run("fetchnumpy")
+        return cols
+
+    def pl(self) -> Any:
+        """The rows as a polars DataFrame (needs polars installed)."""
+        return self._run("pl")
+
+    def first_column(self) -> npt.NDArray[Any]:
+        """The first column as a NumPy array."""
+        cols = self.fetchnumpy()
+        if not cols:
+            raise QueryError(f"query returns no column: {self._query!r}")
+        return np.asarray(next(iter(cols.values())))
+
+    def __len__(self) -> int:
+        return int(self._run("__len__"))
+
+    def __repr__(self) -> str:
+        return str(self._run("__repr__"))
+
+
+def _cell(value: Any, width: int) -> str:
+    text = "NULL" if value is None else str(value).replace("\n", "\\n")
+    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+
+
+def format_table(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: int = 40
+) -> str:
+    """Rows as aligned text columns, each cell cut to ``max_width`` characters.
+
+    >>> print(format_table(["row", "token"], [(1, "dog"), (12, "a long token")], max_width=8))
+    row  token
+    ---  --------
+    1    dog
+    12   a long …
+    """
+    cells = [[_cell(v, max_width) for v in r] for r in rows]
+    heads = [_cell(c, max_width) for c in columns]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(heads)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def write_result(
+    result: QueryResult,
+    *,
+    fmt: Literal["table", "csv", "json", "parquet"] = "table",
+    out: str | Path | None = None,
+    store: Path | None = None,
+    max_rows: int = 1000,
+    max_width: int = 40,
+) -> None:
+    """Print ``result`` (or write it to ``out``) as a text table, CSV, JSON or Parquet.
+
+    Raises
+    ------
+    ConfigError
+        Parquet without ``out``, or ``out`` inside the store (which is read-only).
+    """
+    import sys
+
+    if out is not None and store is not None:
+        target = Path(out).resolve()
+        if target.is_relative_to(store.resolve()):
+            raise ConfigError(
+                f"--out {out} is inside the store, which is read-only; pick a path outside it"
+            )
+    if fmt == "parquet":
+        if out is None:
+            raise ConfigError("--format parquet writes a file: give --out FILE.parquet")
+        import pyarrow.parquet as pq
+
+        pq.write_table(result.arrow(), out)
+        return
+    if fmt == "table":
+        rows = result.limit(max_rows + 1)
+        more = len(rows) > max_rows
+        text = format_table(result.columns, rows[:max_rows], max_width=max_width)
+        if more:
+            text += f"\n... (more than {max_rows} rows; use --max-rows or --format csv)"
+    elif fmt == "csv":
+        text = result.df().to_csv(index=False).rstrip("\n")
+    elif fmt == "json":
+        text = result.df().to_json(orient="records", date_format="iso", force_ascii=False)
+    else:
+        raise ConfigError(f"unknown format {fmt!r}; expected table, csv, json or parquet")
+    if out is None:
+        sys.stdout.write(text + "\n")
+    else:
+        Path(out).write_text(text + "\n")

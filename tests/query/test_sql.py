@@ -1,0 +1,174 @@
+"""SQL over a store: the views, bound parameters, one-line errors, and no way to write."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import actstore
+from actstore.errors import QueryError
+from actstore.store.arrays import Layout
+from actstore.store.manifest import create_store
+from actstore.store.part import PartWriter
+
+
+def tree_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        h.update(str(f.relative_to(path)).encode())
+        if f.is_file():
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def test_views(syn_store: Path) -> None:
+    with actstore.open(syn_store) as s:
+        assert s.tables == ["docs", "tokens", "vocab", "runs", "sites"]
+        counts = dict(s.sql("SELECT run, count(*) FROM tokens GROUP BY run").fetchall())
+        assert counts == {"a": 180, "b": 100}
+        # both runs wrote the 20 docs: the docs view keeps one row per doc_id
+        assert s.sql("SELECT count(*), count(DISTINCT doc_id) FROM docs").fetchall() == [(20, 20)]
+        runs = s.sql("SELECT * FROM runs ORDER BY run").df()
+        assert runs.run.tolist() == ["a", "b"]
+        assert runs.n_rows.tolist() == [180, 100]
+        assert runs.num_parts.tolist() == [2, 1]
+        assert runs.dtype.tolist() == ["float16", "bfloat16"]
+        assert list(runs.sites[0]) == ["hidden.0", "hidden.1"]
+        assert set(runs.columns) >= {"model", "model_type", "n_docs", "committed_at"}
+        sites = s.sql("SELECT run, site, d, dtype, n_rows FROM sites ORDER BY run, site")
+        assert sites.fetchall()[0] == ("a", "hidden.0", 8, "float16", 180)
+        vocab = s.sql("SELECT run, count(*) FROM vocab GROUP BY run ORDER BY run").fetchall()
+        assert vocab == [("a", 50), ("b", 50)]
+        total = s.sql("SELECT sum(count) FROM vocab WHERE run = 'a'").fetchall()[0][0]
+        assert total == 180
+        rows = s.sql("SELECT row FROM tokens WHERE run = ? ORDER BY row", ["a"]).fetchnumpy()
+        assert np.array_equal(rows["row"], np.arange(180))
+
+
+def test_result_methods(syn_store: Path) -> None:
+    with actstore.open(syn_store) as s:
+        r = s.sql("SELECT row, token_id FROM tokens WHERE run = $run AND row < 3", {"run": "b"})
+        assert r.columns == ["row", "token_id"]
+        assert r.types == ["BIGINT", "INTEGER"]
+        assert len(r) == 3
+        assert r.df().shape == (3, 2)
+        assert isinstance(r.arrow(), pa.Table)
+        assert len(r.fetchall()) == 3
+        assert r.fetchone() is not None
+        assert set(r.fetchnumpy()) == {"row", "token_id"}
+        assert "row" in repr(r)
+
+
+def test_parameters_are_bound(syn_store: Path) -> None:
+    with actstore.open(syn_store) as s:
+        evil = "a' OR '1'='1"
+        assert s.sql("SELECT count(*) FROM tokens WHERE run = ?", [evil]).fetchall() == [(0,)]
+        with pytest.raises(QueryError):
+            s.sql("SELECT count(*) FROM tokens WHERE run = ?", ["a", "b"])
+
+
+def test_errors_are_one_line(syn_store: Path) -> None:
+    with actstore.open(syn_store) as s:
+        with pytest.raises(QueryError, match="syntax error") as e:
+            s.sql("SELEC row FROM tokens")
+        assert "\n" not in str(e.value)
+        assert "tables: docs, tokens, vocab, runs, sites" in str(e.value)
+        with pytest.raises(QueryError, match="tables: docs, tokens") as e:
+            s.sql("SELECT * FROM nosuch")
+        assert "\n" not in str(e.value)
+        with pytest.raises(QueryError, match=r"tokens\(run, row, doc_id, pos") as e:
+            s.sql("SELECT nocol FROM tokens")
+        assert "\n" not in str(e.value)
+        with pytest.raises(QueryError, match="one SQL statement"):
+            s.sql("SELECT 1; SELECT 2")
+        assert isinstance(e.value, ValueError)
+
+
+ATTACKS = [
+    "DROP VIEW tokens",
+    "CREATE TABLE t AS SELECT 1",
+    "CREATE OR REPLACE VIEW tokens AS SELECT 1",
+    "INSERT INTO tokens VALUES ('x', 1, 1, 1, 1, 1, 1, false)",
+    "DELETE FROM runs",
+    "UPDATE runs SET run = 'x'",
+    "COPY (SELECT 1) TO '{store}/x.csv'",
+    "COPY tokens TO '{store}/runs/a/vocab.parquet' (FORMAT parquet)",
+    "EXPORT DATABASE '{store}/exported'",
+    "ATTACH '{store}/x.db'",
+    "SET enable_external_access = true",
+    "SET lock_configuration = false",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "CALL checkpoint()",
+    "PRAGMA enable_profiling",
+    "EXPLAIN ANALYZE COPY (SELECT 1) TO '{store}/y.csv'",
+    "SELECT * FROM read_parquet('{store}/../outside.parquet')",
+    "SELECT * FROM read_text('/etc/hostname')",
+    "SELECT * FROM glob('{store}/*')",
+]
+
+
+def test_store_is_read_only(syn_store: Path, tmp_path: Path) -> None:
+    store = tmp_path / "copy.acts"
+    shutil.copytree(syn_store, store)
+    before = tree_hash(store)
+    with actstore.open(store) as s:
+        for attack in ATTACKS:
+            with pytest.raises(QueryError) as e:
+                s.sql(attack.format(store=store)).fetchall()
+            assert "\n" not in str(e.value)
+        with pytest.raises(QueryError, match="the store is read-only"):
+            s.sql("DROP VIEW tokens")
+        # still intact and queryable
+        assert s.sql("SELECT count(*) FROM tokens").fetchall() == [(280,)]
+        result = s.sql("SELECT 1 AS x")
+        assert not hasattr(result, "to_parquet")
+        assert not hasattr(result, "write_csv")
+        assert not hasattr(result, "create")
+    assert tree_hash(store) == before
+    assert not (tmp_path / "outside.parquet").exists()
+
+
+def test_empty_store_has_typed_views(tmp_path: Path) -> None:
+    create_store(tmp_path / "e.acts")
+    with actstore.open(tmp_path / "e.acts") as s:
+        assert s.runs == []
+        for view in ("docs", "tokens", "vocab", "runs", "sites"):
+            assert s.sql(f"SELECT * FROM {view}").fetchall() == []
+        assert s.sql("SELECT row, token_id FROM tokens").types == ["BIGINT", "INTEGER"]
+        assert s.sql("SELECT text FROM docs").types == ["VARCHAR"]
+
+
+def test_pending_runs_are_invisible(syn_store: Path, tmp_path: Path) -> None:
+    store = tmp_path / "p.acts"
+    shutil.copytree(syn_store, store)
+    PartWriter(
+        store, "pending", 0, sites={"hidden.0": 8}, dtype="float32", layout=Layout(), resume=None
+    )
+    pending_file = store / "runs" / "pending" / "tokens" / "x.parquet"
+    pending_file.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"row": [0]}), pending_file)
+    with actstore.open(store) as s:
+        assert s.runs == ["a", "b"]
+        assert s.sql("SELECT DISTINCT run FROM tokens ORDER BY run").fetchall() == [("a",), ("b",)]
+        with pytest.raises(QueryError, match="read-only and queries may read only"):
+            s.sql("SELECT * FROM read_parquet(?)", [str(pending_file)]).fetchall()
+
+
+def test_results_become_views(syn_store: Path, tmp_path: Path) -> None:
+    store = tmp_path / "r.acts"
+    shutil.copytree(syn_store, store)
+    for name in ("similarity", "runs"):
+        (store / "results" / name).mkdir(parents=True)
+        pq.write_table(pa.table({"x": [1, 2, 3]}), store / "results" / name / "result.parquet")
+    (store / "results" / "unfinished").mkdir()
+    with actstore.open(store) as s:
+        assert s.tables == ["docs", "tokens", "vocab", "runs", "sites", "result_runs", "similarity"]
+        assert s.sql("SELECT sum(x) FROM similarity").fetchall() == [(6,)]
+        assert s.sql("SELECT sum(x) FROM result_runs").fetchall() == [(6,)]

@@ -1,0 +1,213 @@
+"""Store reading: committed runs only, and row gathers equal to zarr-python's reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from zarr.storage import LocalStore
+
+from actstore.errors import (
+    FormatVersionError,
+    MatrixNotFoundError,
+    RowIndexError,
+    RunNotFoundError,
+    SiteNotFoundError,
+    StoreError,
+    StoreNotFoundError,
+)
+from actstore.store._gather import MapCache, PartArray
+from actstore.store.arrays import Layout
+from actstore.store.dtypes import to_logical
+from actstore.store.part import PartWriter
+from actstore.store.reader import StoreReader, as_row_array
+from actstore.store.synthetic import write_synthetic_run
+
+# (run name, dtype, parts, chunk_rows, shard_rows, codec): 13 docs x 7 tokens = 91 rows
+RUNS = [
+    ("f32", "float32", 3, 4, 12, "none"),
+    ("f16", "float16", 1, 5, 10, "none"),
+    ("bf16", "bfloat16", 2, 4, 8, "none"),
+    ("big_shard", "float16", 2, 64, None, "none"),
+    ("zstd", "float16", 2, 4, 12, "zstd"),
+]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("reader") / "s.acts"
+    for name, dtype, parts, chunk, shard, codec in RUNS:
+        write_synthetic_run(
+            path,
+            name,
+            n_docs=13,
+            tokens_per_doc=7,
+            d=6,
+            dtype=dtype,  # type: ignore[arg-type]
+            num_parts=parts,
+            layout=Layout(chunk_rows=chunk, shard_rows=shard, codec=codec),  # type: ignore[arg-type]
+            docs_per_pool=2,
+        )
+    return path
+
+
+def zarr_rows(store: Path, run: str, site: str) -> Any:
+    """The whole site read with zarr-python, parts concatenated, logical dtype."""
+    reader = StoreReader(store)
+    r = reader.run(run)
+    parts = [
+        np.asarray(
+            zarr.open_array(
+                store=LocalStore(r.arrays_root, read_only=True),
+                path=f"part-{p['index']:04d}/{site}",
+                mode="r",
+            )[...]
+        )
+        for p in r.meta["parts"]
+    ]
+    return to_logical(np.concatenate(parts), r.meta["dtype"])
+
+
+def same(a: Any, b: Any) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("run", [r[0] for r in RUNS])
+def test_gather_equals_zarr(store: Path, run: str) -> None:
+    reader = StoreReader(store)
+    r = reader.run(run)
+    assert r.site_array("hidden.0").parts[0].fast == (run != "zstd")
+    n = r.n_rows
+    offsets = [p["row_offset"] for p in r.meta["parts"]]
+    rng = np.random.default_rng(0)
+    selections = [
+        np.arange(n),  # all rows, sorted
+        np.arange(n)[::-1],  # reversed
+        rng.integers(0, n, 200),  # random with duplicates
+        np.array([], np.int64),  # empty
+        np.array([n - 1, 0, n - 1, 0]),  # ends, duplicated
+        np.array(sorted({max(0, o - 1) for o in offsets} | set(offsets))),  # part boundaries
+        np.array([3, 4, 5, 7, 8, 9, 11, 12]),  # chunk/shard boundaries of small layouts
+    ]
+    for site in r.sites:
+        ref = zarr_rows(store, run, site)
+        for rows in selections:
+            assert same(r.gather(site, rows), ref[rows])
+        arr = r.site_array(site)
+        for a, b in [(0, n), (3, 40), (11, 13), (n - 1, n), (5, 5)]:
+            assert same(r.to_logical(site, arr.read(a, b)), ref[a:b])
+        got = np.concatenate([r.to_logical(site, x) for _, x in arr.blocks(17)])
+        assert same(got, ref)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_gather_property(store: Path, data: st.DataObject) -> None:
+    run = data.draw(st.sampled_from([r[0] for r in RUNS]))
+    reader = StoreReader(store)
+    r = reader.run(run)
+    rows = np.asarray(
+        data.draw(st.lists(st.integers(0, r.n_rows - 1), max_size=120)), dtype=np.int64
+    )
+    ref = zarr_rows(store, run, "hidden.1")
+    assert same(r.gather("hidden.1", rows), ref[rows])
+
+
+@pytest.mark.parametrize("index_location", ["end", "start"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "uint16", "int8"])
+def test_part_array_layouts(tmp_path: Path, index_location: str, dtype: str) -> None:
+    """Empty (fill) chunks, index at the start, chunks not dividing the rows."""
+    n, d = 53, 5
+    data = (np.arange(n * d).reshape(n, d) % 97 + 1).astype(dtype)
+    data[8:12] = 0  # a whole chunk of zeros: zarr does not write it
+    data[24:36] = 0  # a whole shard of zeros: no file at all
+    arr = zarr.create_array(
+        store=LocalStore(tmp_path),
+        name="x",
+        shape=(n, d),
+        chunks=(4, d),
+        shards={"shape": (12, d), "index_location": index_location},
+        dtype=dtype,
+        compressors=None,
+        fill_value=0,
+    )
+    arr[...] = data
+    part = PartArray(tmp_path / "x", MapCache(max_open=2))
+    assert part.fast
+    rows = np.arange(n)
+    out = np.empty((n, d), dtype)
+    part.take(rows, out)
+    assert np.array_equal(out, data)
+    sel = np.array([0, 9, 10, 25, 40, 52])
+    out = np.empty((len(sel), d), dtype)
+    part.take(sel, out)
+    assert np.array_equal(out, data[sel])
+    out = np.empty((30, d), dtype)
+    part.read(7, 37, out)
+    assert np.array_equal(out, data[7:37])
+
+
+def test_only_committed_runs_are_visible(tmp_path: Path) -> None:
+    path = tmp_path / "s.acts"
+    write_synthetic_run(path, "done", n_docs=2, tokens_per_doc=3)
+    writer = PartWriter(
+        path, "pending", 0, sites={"hidden.0": 16}, dtype="float32", layout=Layout(), resume=None
+    )
+    del writer
+    reader = StoreReader(path)
+    assert reader.runs == ["done"]
+    with pytest.raises(RunNotFoundError, match="still being written"):
+        reader.run("pending")
+    with pytest.raises(RunNotFoundError, match="runs: done"):
+        reader.run("nope")
+
+
+def test_open_errors(tmp_path: Path) -> None:
+    with pytest.raises(StoreNotFoundError, match="no actstore store"):
+        StoreReader(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match="is a file"):
+        StoreReader(tmp_path / "file")
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "actstore.json").write_text(
+        json.dumps({"format": "actstore", "version": 99, "runs": {}})
+    )
+    with pytest.raises(FormatVersionError, match="upgrade actstore"):
+        StoreReader(newer)
+
+
+def test_bad_rows_sites_matrices(store: Path) -> None:
+    r = StoreReader(store).run("f32")
+    with pytest.raises(RowIndexError, match="out of range"):
+        as_row_array([0, 91], r.n_rows, "run 'f32'")
+    with pytest.raises(RowIndexError, match="out of range"):
+        as_row_array([-1], r.n_rows, "run 'f32'")
+    with pytest.raises(RowIndexError, match="integer"):
+        as_row_array([0.5], r.n_rows, "run 'f32'")
+    with pytest.raises(RowIndexError, match="1-D"):
+        as_row_array(np.zeros((2, 2), int), r.n_rows, "run 'f32'")
+    assert as_row_array(np.array([1.0, 2.0]), 5, "x").tolist() == [1, 2]
+    with pytest.raises(SiteNotFoundError, match=r"has hidden.0, hidden.1"):
+        r.gather("hidden.9", np.array([0]))
+    with pytest.raises(MatrixNotFoundError, match="has embed"):
+        r.matrix("unembed")
+    embed = r.matrix("embed")
+    assert embed.shape == (1000, 6)
+    assert embed.dtype == np.float32
+
+
+def test_map_cache_bounds_open_files(store: Path) -> None:
+    reader = StoreReader(store)
+    reader.maps.max_open = 1
+    r = reader.run("f32")
+    ref = zarr_rows(store, "f32", "hidden.0")
+    rows = np.arange(r.n_rows)[::-1]
+    assert same(r.gather("hidden.0", rows), ref[rows])
+    assert len(reader.maps._views) <= 1
