@@ -1,0 +1,197 @@
+"""Benchmark the ridge map: all alphas by GCV from streamed statistics vs scikit-learn RidgeCV.
+
+Plants ``Y = X W + noise`` (``--rows`` x 384 -> 384, float32, X with a decaying spectrum so
+the penalty matters), then times
+
+* ``ours (in memory)``: :class:`actstore.query.ridge.RidgeMap` (cv="gcv", 10 alphas) on the
+  arrays, against ``sklearn RidgeCV(alphas, gcv_mode="auto")`` on the same arrays; the
+  chosen alphas and the predictions are compared;
+* ``ours (streamed)``: the same fit streamed from a store holding X and Y as two sites of a
+  run (rows resolved by SQL, vectors read in blocks), against the in-memory fit.
+
+Prints a markdown table and writes ``benchmarks/out/mapping.json``.
+
+    python benchmarks/mapping.py                 # 100,000 rows
+    python benchmarks/mapping.py --rows 20000    # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from _common import machine_info, markdown_table, now_iso, summary, timed, write_json
+
+import actstore
+from actstore.query.mapping import PairSpec, iter_pairs, pair_rows
+from actstore.query.ridgecv import RidgeMap
+from actstore.store.arrays import Layout, write_matrix
+from actstore.store.commit import commit_run
+from actstore.store.format import ARRAYS_DIR, part_dir, run_dir
+from actstore.store.manifest import atomic_write_json, create_store
+from actstore.store.part import PartWriter
+
+OUT = Path(__file__).parent / "out"
+RUN, D, VOCAB, TOKENS_PER_DOC = "bench", 384, 1000, 100
+ALPHAS = np.logspace(-1, 6, 10)
+
+
+def planted(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """X (rows, D) with a decaying spectrum and Y = X W + 0.5 + noise, both float32."""
+    rng = np.random.default_rng(seed)
+    scales = np.logspace(0, -2, D).astype(np.float32)
+    X = rng.standard_normal((rows, D), dtype=np.float32) * scales
+    W = rng.standard_normal((D, D), dtype=np.float32) / np.sqrt(D)
+    Y = X @ W + 0.5 + 0.05 * rng.standard_normal((rows, D), dtype=np.float32)
+    return X, Y.astype(np.float32)
+
+
+def write_store(path: Path, X: np.ndarray, Y: np.ndarray) -> None:
+    """A one-part run with sites hidden.0 = X and hidden.1 = Y (float32)."""
+    shutil.rmtree(path, ignore_errors=True)
+    create_store(path)
+    rng = np.random.default_rng(1)
+    write_matrix(run_dir(path, RUN) / ARRAYS_DIR, "embed", np.zeros((VOCAB, D), np.float32))
+    sites = {"hidden.0": D, "hidden.1": D}
+    part = PartWriter(path, RUN, 0, sites=sites, dtype="float32", layout=Layout(), resume=None)
+    pdir = part_dir(path, RUN, 0)
+    ident = {"benchmark": "mapping", "rows": len(X)}
+    meta = {
+        "identity": ident,
+        "config": ident,
+        "model": {"id": "planted", "model_type": "synthetic", "d_model": D},
+        "tokenizer": {"class": "synthetic", "vocab_size": VOCAB},
+        "sites": [{"name": s, "d": D, "dtype": "float32", "describes": "planted"} for s in sites],
+        "matrices": {"embed": [VOCAB, D]},
+        "head": {"has_unembed": False, "final_norm": None},
+        "dtype": "float32",
+        "vocab_size": VOCAB,
+        "versions": {},
+        "created_at": now_iso(),
+    }
+    atomic_write_json(pdir / "meta.json", meta)
+    names = [f"t{i}" for i in range(VOCAB)]
+    vocab = {"token_id": pa.array(range(VOCAB), pa.int32()), "token": names, "piece": names}
+    pq.write_table(
+        pa.table({**vocab, "special": np.zeros(VOCAB, bool)}), pdir / "vocab_strings.parquet"
+    )
+    n_docs = len(X) // TOKENS_PER_DOC
+    for d0 in range(0, n_docs, 200):
+        docs = np.arange(d0, min(d0 + 200, n_docs))
+        a, b = d0 * TOKENS_PER_DOC, (docs[-1] + 1) * TOKENS_PER_DOC
+        pos = np.tile(np.arange(TOKENS_PER_DOC, dtype=np.int32), len(docs))
+        tokens = {
+            "doc_id": np.repeat(docs.astype(np.int64), TOKENS_PER_DOC),
+            "pos": pos,
+            "token_id": rng.integers(0, VOCAB, b - a).astype(np.int32),
+            "start": pos * 4,
+            "end": pos * 4 + 3,
+            "special": np.zeros(b - a, bool),
+        }
+        part.add_batch({"hidden.0": X[a:b], "hidden.1": Y[a:b]}, tokens)
+        table = pa.table(
+            {
+                "doc_id": pa.array(docs, pa.int64()),
+                "doc_index": pa.array(docs, pa.int64()),
+                "text": [f"doc {i}" for i in docs],
+            }
+        )
+        part.checkpoint(
+            consumed=int(docs[-1]) + 1, docs=table, counts={"docs": len(docs)}, timings={}
+        )
+    part.finish()
+    commit_run(path, RUN, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--repeats", type=int, default=3, help="repeats of our fits")
+    ap.add_argument("--sklearn-repeats", type=int, default=1)
+    args = ap.parse_args()
+    from sklearn.linear_model import RidgeCV
+
+    X, Y = planted(args.rows)
+    store = OUT / f"mapping-{args.rows}.acts"
+    t0 = time.perf_counter()
+    write_store(store, X, Y)
+    print(f"wrote {store} in {time.perf_counter() - t0:.1f} s", flush=True)
+
+    def ours() -> RidgeMap:
+        return RidgeMap(alphas=tuple(ALPHAS), cv="gcv").fit(X, Y)
+
+    def streamed() -> RidgeMap:
+        with actstore.open(store) as s:
+            spec = PairSpec(RUN, "hidden.0", "hidden.1")
+            rows = pair_rows(s, spec)
+            return RidgeMap(alphas=tuple(ALPHAS), cv="gcv").fit_blocks(
+                lambda: iter_pairs(s, spec, rows)
+            )
+
+    def sk() -> RidgeCV:
+        return RidgeCV(alphas=ALPHAS, gcv_mode="auto").fit(X, Y)
+
+    times: dict[str, list[float]] = {"ours": [], "streamed": [], "sklearn": []}
+    fits: dict[str, RidgeMap] = {}
+    for _ in range(args.repeats):
+        for name, fn in (("ours", ours), ("streamed", streamed)):
+            fits[name], t = timed(fn)
+            times[name].append(t)
+            print(f"  {name}: {t:.2f} s", flush=True)
+    m_ours, m_str = fits["ours"], fits["streamed"]
+    for _ in range(args.sklearn_repeats):
+        ref, t = timed(sk)
+        times["sklearn"].append(t)
+        print(f"  sklearn: {t:.2f} s", flush=True)
+    p_ours, p_ref = m_ours.predict(X[:20000]), ref.predict(X[:20000])
+    rel = float(np.abs(p_ours - p_ref).max() / np.abs(p_ref).max())
+    rel_str = float(np.abs(m_str.predict(X[:20000]) - p_ours).max() / np.abs(p_ours).max())
+    med = {k: summary(v)["median"] for k, v in times.items()}
+    ratio_sk = med["ours"] / med["sklearn"]
+    ratio_st = med["streamed"] / med["ours"]
+    header = ["case", "wall s (median)", "ratio", "target", "alpha", "max rel. pred. diff"]
+    rows = [
+        ["sklearn RidgeCV (gcv auto)", f"{med['sklearn']:.2f}", "1", "", f"{ref.alpha_:g}", "0"],
+        [
+            "ours, in memory (GCV)",
+            f"{med['ours']:.2f}",
+            f"{ratio_sk:.3f} of sklearn",
+            "<= 0.33",
+            f"{float(m_ours.alpha_):g}",
+            f"{rel:.1e}",
+        ],
+        [
+            "ours, streamed from store",
+            f"{med['streamed']:.2f}",
+            f"{ratio_st:.3f} of in-memory",
+            "<= 1.3",
+            f"{float(m_str.alpha_):g}",
+            f"{rel_str:.1e}",
+        ],
+    ]
+    print(f"\n{args.rows:,} x {D} -> {D}, {len(ALPHAS)} alphas, float32 input\n")
+    print(markdown_table(header, rows))
+    write_json(
+        OUT / "mapping.json",
+        {
+            "created_at": now_iso(),
+            "rows": args.rows,
+            "d": D,
+            "alphas": ALPHAS.tolist(),
+            "times": {k: summary(v) for k, v in times.items()},
+            "ratio_vs_sklearn": ratio_sk,
+            "ratio_streamed_vs_memory": ratio_st,
+            "alpha": {"ours": float(m_ours.alpha_), "sklearn": float(ref.alpha_)},
+            "max_rel_pred_diff": {"vs_sklearn": rel, "streamed_vs_memory": rel_str},
+            "machine": machine_info(),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

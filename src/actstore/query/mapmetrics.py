@@ -1,0 +1,172 @@
+"""How good a map is: streamed regression metrics, distance from the identity, and
+agreement of next-token distributions through a run's stored head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from actstore.errors import MappingError
+
+if TYPE_CHECKING:
+    from actstore.query.store import Store
+
+__all__ = ["Head", "MetricsAccumulator", "identity_metrics", "regression_metrics"]
+
+F64 = npt.NDArray[np.float64]
+
+
+class MetricsAccumulator:
+    """Streamed MSE, R² (overall and per output dim) and mean cosine of predictions.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> acc = MetricsAccumulator()
+    >>> acc.update(np.array([[1.0, 0.0], [0.0, 2.0]]), np.array([[1.0, 0.0], [0.0, 1.0]]))
+    >>> acc.result()["mse"], acc.result()["cosine"]
+    (0.25, 1.0)
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sse: F64 | None = None
+        self.sy: F64 | None = None
+        self.syy: F64 | None = None
+        self.cos = 0.0
+        self.head_agree = 0
+        self.head_kl = 0.0
+
+    def update(self, Y: npt.ArrayLike, Yhat: npt.ArrayLike) -> None:
+        """Add true ``Y`` and predicted ``Yhat``, both of shape (n, m)."""
+        y, yh = np.asarray(Y, np.float64), np.asarray(Yhat, np.float64)
+        if y.shape != yh.shape:
+            raise MappingError(f"Y and Yhat shapes differ: {y.shape} vs {yh.shape}")
+        if self.sse is None or self.sy is None or self.syy is None:
+            self.sse, self.sy, self.syy = (np.zeros(y.shape[1]) for _ in range(3))
+        self.n += len(y)
+        self.sse += ((y - yh) ** 2).sum(0)
+        self.sy += y.sum(0)
+        self.syy += (y**2).sum(0)
+        norms = np.linalg.norm(y, axis=1) * np.linalg.norm(yh, axis=1)
+        dots = np.einsum("ij,ij->i", y, yh)
+        self.cos += float(np.sum(np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)))
+
+    def update_head(self, head: Head, Y: npt.ArrayLike, Yhat: npt.ArrayLike) -> None:
+        """Add top-1 agreement and KL(p_true || p_pred) of the next-token distributions."""
+        lt, lp = head.log_probs(Y), head.log_probs(Yhat)
+        self.head_agree += int(np.sum(lt.argmax(1) == lp.argmax(1)))
+        self.head_kl += float(np.sum(np.exp(lt) * (lt - lp)))
+
+    def result(self, per_dim: bool = False) -> dict[str, Any]:
+        """``mse``, ``r2`` (mean over dims, as sklearn's ``r2_score``), ``r2_weighted``
+        (variance-weighted), ``cosine``, ``n``; ``r2_per_dim`` when asked; ``top1_agreement``
+        and ``kl`` when head updates were made."""
+        if self.sse is None or self.sy is None or self.syy is None or self.n == 0:
+            raise MappingError("no rows to evaluate: the selection is empty; check the rows SQL")
+        sst = self.syy - self.sy**2 / self.n
+        r2 = 1 - np.divide(self.sse, sst, out=np.zeros_like(sst), where=sst > 0)
+        out: dict[str, Any] = {
+            "n": self.n,
+            "mse": float(self.sse.sum() / (self.n * len(self.sse))),
+            "r2": float(r2.mean()),
+            "r2_weighted": float(1 - self.sse.sum() / sst.sum()) if sst.sum() > 0 else 0.0,
+            "cosine": self.cos / self.n,
+        }
+        if per_dim:
+            out["r2_per_dim"] = r2.tolist()
+        if self.head_agree or self.head_kl:
+            out["top1_agreement"] = self.head_agree / self.n
+            out["kl"] = self.head_kl / self.n
+        return out
+
+
+def regression_metrics(
+    Y: npt.ArrayLike, Yhat: npt.ArrayLike, per_dim: bool = False
+) -> dict[str, Any]:
+    """Metrics of :class:`MetricsAccumulator` on in-memory arrays of shape (n, m)."""
+    acc = MetricsAccumulator()
+    acc.update(Y, Yhat)
+    return acc.result(per_dim)
+
+
+def identity_metrics(W: npt.ArrayLike) -> dict[str, float]:
+    """How far a square map ``W`` (d, d) is from the identity.
+
+    Returns ``w_minus_i_fro`` (‖W - I‖_F), ``diag_mean``, ``diag_std`` and
+    ``offdiag_energy`` (share of ``Σ W_ij²`` off the diagonal); empty for non-square W.
+
+    Examples
+    --------
+    >>> identity_metrics([[1.0, 0.0], [0.0, 1.0]])["w_minus_i_fro"]
+    0.0
+    """
+    w = np.asarray(W, np.float64)
+    if w.ndim != 2 or w.shape[0] != w.shape[1]:
+        return {}
+    dg = np.diag(w)
+    total = float((w**2).sum())
+    return {
+        "w_minus_i_fro": float(np.linalg.norm(w - np.eye(len(w)))),
+        "diag_mean": float(dg.mean()),
+        "diag_std": float(dg.std()),
+        "offdiag_energy": float((total - (dg**2).sum()) / total) if total > 0 else 0.0,
+    }
+
+
+@dataclass(frozen=True)
+class Head:
+    """A run's output head, offline: optional final norm, then ``unembed`` (+ bias).
+
+    ``hidden.L`` is stored after the final norm (see docs/format.md), so ``norm`` is only
+    for earlier layers (a logit lens).
+    """
+
+    unembed: npt.NDArray[np.float32]
+    bias: npt.NDArray[np.float32] | None = None
+    norm_type: str | None = None
+    norm_weight: npt.NDArray[np.float32] | None = None
+    norm_bias: npt.NDArray[np.float32] | None = None
+    eps: float = 1e-5
+
+    @classmethod
+    def from_store(cls, store: Store, run: str, *, norm: bool = False) -> Head:
+        """The head of ``run``; ``norm`` also applies the stored final norm first."""
+        info = store.run_info(run).get("head") or {}
+        if not info.get("has_unembed"):
+            raise MappingError(
+                f"run {run!r} stored no output head (unembed); head metrics need a causal LM run"
+            )
+        bias = store.matrix(run, "unembed.bias") if info.get("has_unembed_bias") else None
+        fn = info.get("final_norm") if norm else None
+        if not fn:
+            return cls(store.matrix(run, "unembed"), bias)
+        nb = store.matrix(run, "final_norm.bias") if fn["type"] == "LayerNorm" else None
+        return cls(
+            store.matrix(run, "unembed"),
+            bias,
+            fn["type"],
+            store.matrix(run, "final_norm.weight"),
+            nb,
+            float(fn.get("eps") or 1e-5),
+        )
+
+    def log_probs(self, H: npt.ArrayLike) -> F64:
+        """Log-softmax of the logits of hidden states ``H`` (n, d): shape (n, vocab)."""
+        h = np.asarray(H, np.float64)
+        if self.norm_type == "LayerNorm":
+            h = (h - h.mean(1, keepdims=True)) / np.sqrt(h.var(1, keepdims=True) + self.eps)
+        elif self.norm_type == "RMSNorm":
+            h = h / np.sqrt((h**2).mean(1, keepdims=True) + self.eps)
+        if self.norm_weight is not None:
+            h = h * self.norm_weight
+        if self.norm_bias is not None:
+            h = h + self.norm_bias
+        z = h @ self.unembed.T.astype(np.float64)
+        if self.bias is not None:
+            z = z + self.bias
+        z = z - z.max(1, keepdims=True)
+        return np.asarray(z - np.log(np.exp(z).sum(1, keepdims=True)))
