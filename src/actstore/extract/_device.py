@@ -93,12 +93,11 @@ class DeviceLoop:
             if self.centroids:
                 self.sums[site].index_add_(0, token_ids, x.to(torch.float64))
             if self.dtype == "float16":
-                big = x.abs() > FLOAT16_MAX
-                self.overflow[site] += big.sum()
-                self.overflow_max[site] = torch.maximum(
-                    self.overflow_max[site], x.abs().max().float()
-                )
+                # one reduction per batch, no device sync: the pool-end check reads the max
+                amax = x.abs().max().float() if x.numel() else self.overflow_max[site]
+                self.overflow_max[site] = torch.maximum(self.overflow_max[site], amax)
                 if self.clip:
+                    self.overflow[site] += (x.abs() > FLOAT16_MAX).sum()
                     x = x.clamp(-FLOAT16_MAX, FLOAT16_MAX)
             y = x.to(self.store_dtype)
             if self.store_dtype == torch.bfloat16:
@@ -120,17 +119,17 @@ class DeviceLoop:
         if self.dtype != "float16":
             return
         for site in self.sites:
-            n = int(self.overflow[site].item())
-            if not n:
+            amax = float(self.overflow_max[site].item())
+            if not amax > FLOAT16_MAX:  # also true for NaN
                 continue
             if self.clip:
-                counts[f"clipped_values:{site}"] += n
+                counts[f"clipped_values:{site}"] += int(self.overflow[site].item())
                 self.overflow[site].zero_()
             else:
                 raise FloatOverflowError(
-                    f"site {site} has {n} values beyond the float16 range (max |x| = "
-                    f"{float(self.overflow_max[site].item()):.4g} > 65504); re-run with "
-                    "--dtype bfloat16 or float32 (and --overwrite), or --on-overflow clip"
+                    f"site {site} has values beyond the float16 range (max |x| = {amax:.4g} "
+                    "> 65504); re-run with --dtype bfloat16 or float32 (and --overwrite), "
+                    "or --on-overflow clip"
                 )
 
     def load_centroids(self, state: dict[str, Any]) -> None:

@@ -92,6 +92,9 @@ class Pooler:
         Budget of one batch: batch size times the longest sequence in it.
     pool_batches : int
         A pool holds about this many full batches of tokens.
+    pad_tolerance : float
+        Start a new batch where a sequence is this fraction shorter than the batch's first
+        (longest) one, so padding stays below about this fraction.
     add_special_tokens : bool
         Put the tokenizer's special tokens around each segment.
     """
@@ -105,6 +108,7 @@ class Pooler:
         window_overlap: int,
         batch_tokens: int,
         pool_batches: int,
+        pad_tolerance: float = 0.05,
         add_special_tokens: bool = True,
     ) -> None:
         self.tokenizer = tokenizer
@@ -124,6 +128,7 @@ class Pooler:
         self.long_docs = long_docs
         self.overlap = window_overlap
         self.batch_tokens = batch_tokens
+        self.pad_tolerance = pad_tolerance
         self.pool_tokens = batch_tokens * pool_batches
 
     def segments(
@@ -185,7 +190,8 @@ class Pooler:
         for i in order:
             seg = segments[i]
             width = len(current[0].ids) if current else len(seg.ids)
-            if current and (len(current) + 1) * width > self.batch_tokens:
+            too_short = len(seg.ids) < (1.0 - self.pad_tolerance) * width
+            if current and ((len(current) + 1) * width > self.batch_tokens or too_short):
                 batches.append(current)
                 current = []
             current.append(seg)

@@ -68,6 +68,9 @@ class ExtractConfig:
     """Token budget of one forward batch (batch size x padded length)."""
     pool_batches: int = 32
     """Batches per length-sorted pool; also the checkpoint interval."""
+    pad_tolerance: float = 0.05
+    """A batch also ends where the next sequence is this fraction shorter than the batch's
+    longest, which keeps padding below about this fraction of the tokens."""
     centroids: bool = False
     """Also store per-token-id running sums and counts of every site (centroids)."""
     on_overflow: Literal["error", "clip"] = "error"
@@ -108,6 +111,8 @@ class ExtractConfig:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
         if self.max_length is not None and self.max_length < 2:
             raise ConfigError(f"max_length must be >= 2, got {self.max_length}")
+        if not 0.0 <= self.pad_tolerance < 1.0:
+            raise ConfigError(f"pad_tolerance must be in [0, 1), got {self.pad_tolerance}")
         if self.window_overlap < 0:
             raise ConfigError(f"window_overlap must be >= 0, got {self.window_overlap}")
         if self.limit_docs is not None and self.limit_docs < 1:

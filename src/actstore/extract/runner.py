@@ -132,6 +132,7 @@ def _pooler(config: ExtractConfig, lm: Any) -> Pooler:
         window_overlap=config.window_overlap,
         batch_tokens=config.batch_tokens,
         pool_batches=config.pool_batches,
+        pad_tolerance=config.pad_tolerance,
         add_special_tokens=config.add_special_tokens,
     )
 

