@@ -288,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="value type (default: the stored one; bfloat16 is written as float32)",
     )
     p.set_defaults(func=_cmd_export)
+    from actstore.query import _cli_mapping, _cli_similarity
+
+    for analysis in (_cli_similarity, _cli_mapping):
+        analysis.add_commands(sub)
     return parser
 
 

@@ -1,0 +1,256 @@
+"""Representation similarity of two sets of vectors on the same rows: linear CKA (biased and
+unbiased HSIC), RSA, and mean cosine after an orthogonal Procrustes fit; site x site for one
+run and site x site across two runs aligned by character span."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from actstore.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from actstore.query.store import Store
+
+__all__ = ["compare_runs", "compare_sites", "linear_cka", "procrustes_cosine", "rsa"]
+
+Measure = Literal["cka", "cka_unbiased", "rsa", "procrustes"]
+MEASURES: tuple[Measure, ...] = ("cka", "cka_unbiased", "rsa", "procrustes")
+
+
+def _pair(X: npt.ArrayLike, Y: npt.ArrayLike, min_rows: int = 2) -> tuple[Any, Any]:
+    A, B = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+    if A.ndim != 2 or B.ndim != 2 or len(A) != len(B) or len(A) < min_rows:
+        raise ConfigError(
+            f"X and Y must be 2-D with the same number (>= {min_rows}) of rows, got shapes "
+            f"{A.shape} and {B.shape}; pass vectors of the same rows"
+        )
+    return A, B
+
+
+def _hsic_unbiased(X: npt.NDArray[np.float64], Y: npt.NDArray[np.float64]) -> float:
+    # Song et al. (2012) unbiased HSIC of K = X X^T, L = Y Y^T with zeroed diagonals,
+    # written in feature space so that no n x n matrix is formed.
+    n = len(X)
+    kx, ly = (X * X).sum(1), (Y * Y).sum(1)
+    tr_kl = float(((X.T @ Y) ** 2).sum() - (kx * ly).sum())
+    k1 = X @ X.sum(0) - kx  # K~ 1
+    l1 = Y @ Y.sum(0) - ly
+    total = tr_kl + float(k1.sum() * l1.sum()) / ((n - 1) * (n - 2)) - 2 * float(k1 @ l1) / (n - 2)
+    return total / (n * (n - 3))
+
+
+def linear_cka(X: npt.ArrayLike, Y: npt.ArrayLike, *, unbiased: bool = False) -> float:
+    """Linear centered kernel alignment of two representations of the same rows.
+
+    Parameters
+    ----------
+    X : array_like of shape (n, d1)
+    Y : array_like of shape (n, d2)
+    unbiased : bool
+        Use the unbiased HSIC estimator (needs n >= 4; ~0 for independent data) instead of
+        the biased one (Kornblith et al. 2019).
+
+    Returns
+    -------
+    float
+        1 for representations equal up to rotation and isotropic scaling.
+
+    Raises
+    ------
+    ConfigError
+        Different row counts, or too few rows.
+
+    Examples
+    --------
+    >>> X = np.random.default_rng(0).standard_normal((50, 4))
+    >>> round(linear_cka(X, 3 * X[:, ::-1]), 6)
+    1.0
+    """
+    A, B = _pair(X, Y, 4 if unbiased else 2)
+    if unbiased:
+        xy, xx, yy = _hsic_unbiased(A, B), _hsic_unbiased(A, A), _hsic_unbiased(B, B)
+    else:
+        A, B = A - A.mean(0), B - B.mean(0)
+        xy = float(((A.T @ B) ** 2).sum())
+        xx, yy = float(((A.T @ A) ** 2).sum()), float(((B.T @ B) ** 2).sum())
+    den = np.sqrt(xx * yy) if xx > 0 and yy > 0 else 0.0
+    return float(xy / den) if den > 0 else 0.0
+
+
+def rsa(
+    X: npt.ArrayLike,
+    Y: npt.ArrayLike,
+    *,
+    n_sample: int = 1000,
+    method: Literal["spearman", "pearson"] = "spearman",
+    seed: int = 0,
+) -> float:
+    """Correlation of the cosine-dissimilarity matrices of two representations.
+
+    Parameters
+    ----------
+    X : array_like of shape (n, d1)
+    Y : array_like of shape (n, d2)
+    n_sample : int
+        Rows sampled at random when n is larger (the RDM has n_sample**2 / 2 entries).
+    method : {"spearman", "pearson"}
+    seed : int
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> X = np.random.default_rng(0).standard_normal((30, 5))
+    >>> round(rsa(X, 2 * X), 6)
+    1.0
+    """
+    from scipy.spatial.distance import pdist
+    from scipy.stats import pearsonr, spearmanr
+
+    A, B = _pair(X, Y, 3)
+    if method not in ("spearman", "pearson"):
+        raise ConfigError(f"method must be 'spearman' or 'pearson', got {method!r}")
+    if len(A) > n_sample:
+        idx = np.random.default_rng(seed).choice(len(A), n_sample, replace=False)
+        A, B = A[idx], B[idx]
+    da, db = pdist(A, "cosine"), pdist(B, "cosine")
+    r = spearmanr(da, db)[0] if method == "spearman" else pearsonr(da, db)[0]
+    return float(r)
+
+
+def procrustes_cosine(X: npt.ArrayLike, Y: npt.ArrayLike) -> float:
+    """Mean row cosine between ``X R`` and ``Y`` for the orthogonal ``R`` fitted by least
+    squares (both centered; the narrower one zero-padded to the wider width).
+
+    Examples
+    --------
+    >>> X = np.random.default_rng(0).standard_normal((20, 3))
+    >>> Q = np.linalg.qr(np.random.default_rng(1).standard_normal((3, 3)))[0]
+    >>> round(procrustes_cosine(X, X @ Q), 6)
+    1.0
+    """
+    A, B = _pair(X, Y)
+    A, B = A - A.mean(0), B - B.mean(0)
+    d = max(A.shape[1], B.shape[1])
+    A = np.pad(A, ((0, 0), (0, d - A.shape[1])))
+    B = np.pad(B, ((0, 0), (0, d - B.shape[1])))
+    U, _, Vt = np.linalg.svd(A.T @ B)
+    P = A @ (U @ Vt)
+    num = (P * B).sum(1)
+    den = np.linalg.norm(P, axis=1) * np.linalg.norm(B, axis=1)
+    return float(np.mean(np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)))
+
+
+def _measure(name: str, X: Any, Y: Any, n_sample: int, seed: int) -> float:
+    if name == "cka":
+        return linear_cka(X, Y)
+    if name == "cka_unbiased":
+        return linear_cka(X, Y, unbiased=True)
+    if name == "rsa":
+        return rsa(X, Y, n_sample=n_sample, seed=seed)
+    return procrustes_cosine(X, Y)
+
+
+def _sample_rows(store: Store, run: str, rows: Any, max_rows: int, seed: int) -> Any:
+    if rows is None:
+        rows = "SELECT row FROM tokens WHERE run = ? AND NOT special ORDER BY row"
+        ids = store.sql(rows, [run]).first_column()
+    elif isinstance(rows, str):
+        ids = store.sql(rows).first_column()
+    else:
+        ids = rows
+    ids = np.asarray(ids, np.int64)
+    if len(ids) < 4:
+        raise ConfigError(f"the row selection has {len(ids)} rows; need at least 4")
+    if len(ids) > max_rows:
+        ids = np.sort(np.random.default_rng(seed).choice(ids, max_rows, replace=False))
+    return ids
+
+
+def _grid(
+    XA: dict[str, Any], XB: dict[str, Any], measures: tuple[str, ...], n_sample: int, seed: int
+) -> pd.DataFrame:
+    import pandas as pd
+
+    for m in measures:
+        if m not in MEASURES:
+            raise ConfigError(f"unknown measure {m!r}; pick from {', '.join(MEASURES)}")
+    out = []
+    for sa, X in XA.items():
+        for sb, Y in XB.items():
+            vals = {m: _measure(m, X, Y, n_sample, seed) for m in measures}
+            out.append({"site_a": sa, "site_b": sb, "n_rows": len(X), **vals})
+    return pd.DataFrame(out)
+
+
+def compare_sites(
+    store: Store,
+    run: str,
+    sites: list[str] | None = None,
+    *,
+    rows: Any = None,
+    max_rows: int = 5000,
+    measures: tuple[str, ...] = MEASURES,
+    n_sample: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Every measure between every pair of ``sites`` of ``run`` on the same rows.
+
+    Parameters
+    ----------
+    rows : row ids, SQL string or None
+        None uses the non-special rows; at most ``max_rows`` are sampled.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ``(site_a, site_b)``: ``n_rows`` and one column per measure.
+    """
+    sites = sites or [s for s in store.sites(run) if s.startswith("hidden.")]
+    ids = _sample_rows(store, run, rows, max_rows, seed)
+    X = {s: store.vectors(run, s, ids, dtype=np.float32) for s in sites}
+    return _grid(X, X, measures, n_sample, seed)
+
+
+def compare_runs(
+    store: Store,
+    run_a: str,
+    run_b: str,
+    sites_a: list[str] | None = None,
+    sites_b: list[str] | None = None,
+    *,
+    max_rows: int = 5000,
+    measures: tuple[str, ...] = MEASURES,
+    n_sample: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Every measure between sites of two runs over the same docs, rows paired by span.
+
+    Each non-special row of ``run_a`` is paired with the last ``run_b`` token overlapping
+    its character span (:meth:`Store.align_last`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ``(site_a, site_b)``: ``n_rows`` and one column per measure.
+    """
+    ids = _sample_rows(store, run_a, None, max_rows, seed)
+    pairs = store.align_last(run_a, run_b, ids)
+    if len(pairs) < 4:
+        raise ConfigError(
+            f"runs {run_a!r} and {run_b!r} share {len(pairs)} aligned rows; need at least 4 "
+            "(are they over the same docs?)"
+        )
+    ra, rb = pairs.row_a.to_numpy(), pairs.row_b.to_numpy()
+    sites_a = sites_a or [s for s in store.sites(run_a) if s.startswith("hidden.")]
+    sites_b = sites_b or [s for s in store.sites(run_b) if s.startswith("hidden.")]
+    XA = {f"{run_a}:{s}": store.vectors(run_a, s, ra, dtype=np.float32) for s in sites_a}
+    XB = {f"{run_b}:{s}": store.vectors(run_b, s, rb, dtype=np.float32) for s in sites_b}
+    return _grid(XA, XB, measures, n_sample, seed)
