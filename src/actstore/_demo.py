@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from actstore.errors import ModelLoadError, TokenNotFoundError
+from actstore.errors import ModelLoadError
 
 __all__ = ["demo_corpus_path", "minilm_path", "run_demo"]
 
 DEMO_RUN = "minilm"
-#: Concept pairs whose contextual centroids and raw embeddings the demo compares.
-DEMO_PAIRS = (("dog", "cat"), ("dog", "bark"), ("insulin", "diabetes"), ("insulin", "red"), ("paris", "snow"))
+#: Words whose contextual centroids and raw embeddings the demo compares (single tokens).
+DEMO_TOKENS = ("dog", "cat", "bark", "insulin", "diabetes")
 
 
 def demo_corpus_path() -> Path:
@@ -40,28 +40,16 @@ def minilm_path() -> Path:
     return Path(MODEL_DIR)
 
 
-def _cos(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> float:
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-
-
-def _token_id(s: Any, token: str) -> int:
-    """The vocabulary id whose decoded form is ``token`` (the demo's words are single ids)."""
-    found = s.sql(
-        "SELECT token_id FROM vocab WHERE run = ? AND token = ? ORDER BY token_id LIMIT 1",
-        [DEMO_RUN, token],
-    ).fetchall()
-    if not found:
-        raise TokenNotFoundError(f"token {token!r} is not in the vocabulary of run {DEMO_RUN!r}")
-    return int(found[0][0])
-
-
 def run_demo(
     store: str | Path = "demo.acts", *, quiet: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
     """Extract the demo store (if needed) and print what it holds; return the figures."""
+    import actstore
     from actstore.extract.config import ExtractConfig
     from actstore.extract.runner import extract
-    import actstore
+    from actstore.query._sim_plots import plot_histograms
+    from actstore.query.centroids import centroid_similarity
+    from actstore.query.similarity import pairwise_cosine_stats
     from actstore.store.info import format_info, store_info
 
     config = ExtractConfig(
@@ -99,14 +87,38 @@ def run_demo(
         print(df.to_string(index=False))
         print()
         layer = f"hidden.{len(s.sites(DEMO_RUN)) - 1}"
-        embed = s.matrix(DEMO_RUN, "embed")
-        print(f"== centroid similarity at {layer} vs raw input-embedding similarity")
-        print(f"   {'pair':<22} {'cos(centroids)':>15} {'cos(embed)':>11}")
-        figures = {}
-        for a, b in DEMO_PAIRS:
-            ca, cb = (s.centroid(DEMO_RUN, layer, token=t) for t in (a, b))
-            ia, ib = (_token_id(s, t) for t in (a, b))
-            c_ctx, c_raw = _cos(ca, cb), _cos(embed[ia], embed[ib])
-            figures[f"{a}/{b}"] = {"centroid_cos": c_ctx, "embed_cos": c_raw}
-            print(f"   {a + ' / ' + b:<22} {c_ctx:>15.3f} {c_raw:>11.3f}")
+        pairs, _ = centroid_similarity(s, DEMO_RUN, layer, list(DEMO_TOKENS))
+        print(
+            f"== centroids at {layer} (over every context of each token) vs raw input "
+            "embeddings: cosine"
+        )
+        print(
+            pairs[["token_a", "token_b", "centroid_cos", "embed_cos"]].to_string(
+                index=False, float_format=lambda v: f"{v:.3f}"
+            )
+        )
+        figures: dict[str, Any] = {
+            f"{r.token_a}/{r.token_b}": {"centroid_cos": r.centroid_cos, "embed_cos": r.embed_cos}
+            for r in pairs.itertuples()
+        }
+        print()
+        X = s.vectors(
+            DEMO_RUN,
+            layer,
+            "SELECT row FROM tokens WHERE run = ?",
+            params=[DEMO_RUN],
+            dtype=np.float32,
+        )
+        stats = {"raw": pairwise_cosine_stats(X), "centered": pairwise_cosine_stats(X, center=True)}
+        png = plot_histograms(
+            stats,
+            Path(store).parent / "demo-cosine-histogram.png",
+            title=f"pairwise cosine of {layer} token vectors",
+        )
+        print(
+            f"== pairwise cosine of all {stats['raw'].n_pairs:,} pairs of {layer} vectors: "
+            f"mean {stats['raw'].mean:.3f} raw, {stats['centered'].mean:.3f} after "
+            f"mean-centering (anisotropy); histogram: {png}"
+        )
+        figures["pairwise_mean"] = {k: v.mean for k, v in stats.items()}
     return figures

@@ -88,9 +88,9 @@ def _prepare_run(store: Path, config: ExtractConfig, identity: dict[str, Any]) -
         if config.overwrite:
             drop_run(store, config.run)
             return None
-        if done["identity"] == identity:
+        if done.get("identity") == identity:
             return commit_run(store, config.run, config.num_shards)  # also tidies staging
-        raise RunExistsError(_differs(config.run, done["identity"], identity))
+        raise RunExistsError(_differs(config.run, done.get("identity") or {}, identity))
     for meta_path in sorted((rdir / "parts").glob("part-*/meta.json")):
         other = load_json(meta_path)
         if other["identity"] != identity:
