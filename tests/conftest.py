@@ -347,7 +347,17 @@ def minilm_store(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> 
     from actstore.extract import ExtractConfig, extract
 
     store = tmp_path_factory.mktemp("minilm") / "demo.acts"
-    extract(ExtractConfig(model=str(minilm_dir), data=str(demo_corpus_path()), store=str(store),
-                          run="minilm", sites="all", dtype="float32", centroids=True,
-                          quiet=True, device="cpu"))
+    extract(
+        ExtractConfig(
+            model=str(minilm_dir),
+            data=str(demo_corpus_path()),
+            store=str(store),
+            run="minilm",
+            sites="all",
+            dtype="float32",
+            centroids=True,
+            quiet=True,
+            device="cpu",
+        )
+    )
     return store

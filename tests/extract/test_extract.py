@@ -290,7 +290,9 @@ def test_float16_overflow_is_reported_never_inf(
     from actstore.errors import FloatOverflowError
 
     store = tmp_path / "s.acts"
-    with pytest.raises(FloatOverflowError, match=r"hidden\.0 has values beyond the float16 range \(max"):
+    with pytest.raises(
+        FloatOverflowError, match=r"hidden\.0 has values beyond the float16 range \(max"
+    ):
         run(huge_model, corpus, store, sites="hidden.0", dtype="float16")
     assert json.loads((store / "actstore.json").read_text())["runs"] == {}
     res = run(
