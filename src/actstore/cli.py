@@ -288,9 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="value type (default: the stored one; bfloat16 is written as float32)",
     )
     p.set_defaults(func=_cmd_export)
-    from actstore.query import _cli_mapping, _cli_similarity
+    from actstore.query import _cli_mapping, _cli_similarity, _cli_sparse
 
-    for analysis in (_cli_similarity, _cli_mapping):
+    for analysis in (_cli_similarity, _cli_mapping, _cli_sparse):
         analysis.add_commands(sub)
     return parser
 
