@@ -28,3 +28,25 @@ def test_python_examples_run(
     monkeypatch.chdir(tmp_path)
     for block in blocks:
         exec(compile(block, f"{doc} example", "exec"), {"__name__": "__doc_example__"})
+
+
+def test_readme_commands_on_the_demo_store_run(
+    minilm_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shlex
+    import shutil
+
+    from actstore.cli import main
+
+    shutil.copytree(minilm_store, tmp_path / "demo.acts")
+    monkeypatch.chdir(tmp_path)
+    text = (ROOT / "README.md").read_text()
+    commands = [
+        line
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
+        for line in block.splitlines()
+        if line.startswith("actstore ") and " demo.acts " in line
+    ]
+    assert len(commands) >= 8
+    for line in commands:
+        assert main(shlex.split(line)[1:]) == 0, line

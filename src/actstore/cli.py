@@ -299,9 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (1 for actstore errors)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    func: Callable[[argparse.Namespace], int | None] = args.func
     try:
-        return func(args)
+        return func(args) or 0
     except ActstoreError as e:
         print("actstore: error: " + " ".join(str(e).split()), file=sys.stderr)
         return 1
