@@ -94,7 +94,11 @@ class DeviceLoop:
                 self.sums[site].index_add_(0, token_ids, x.to(torch.float64))
             if self.dtype == "float16":
                 # one reduction per batch, no device sync: the pool-end check reads the max
-                amax = x.abs().max().float() if x.numel() else self.overflow_max[site]
+                if x.numel():
+                    lo, hi = torch.aminmax(x)  # no |x| temporary
+                    amax = torch.maximum(-lo, hi).float()
+                else:
+                    amax = self.overflow_max[site]
                 self.overflow_max[site] = torch.maximum(self.overflow_max[site], amax)
                 if self.clip:
                     self.overflow[site] += (x.abs() > FLOAT16_MAX).sum()

@@ -206,8 +206,11 @@ class SiteCapture:
                 "; pick a module whose output is per token"
             )
         done = len(self._out) + 1 == len(self.sites)
-        # Clone unless the pass stops right here: later layers may modify it in place.
-        self._out[site.name] = t if done else t.clone()
+        # Hidden states are kept by reference, exactly as HF's output_hidden_states keeps
+        # them; any other module's output is cloned (unless the pass stops right here),
+        # since later code may modify it in place.
+        keep = done or site.kind == "hidden"
+        self._out[site.name] = t if keep else t.clone()
         if done:
             raise _EarlyExit
 
