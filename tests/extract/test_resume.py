@@ -212,6 +212,7 @@ def test_uncommitted_run_is_invisible(tiny_model_dirs: dict[str, Path], tmp_path
     info = store_info(store)
     assert info["runs"] == []
     assert info["pending"][0]["run"] == "r"
+    assert info["pending"][0]["num_parts"] == 2
     second = extract(ExtractConfig(shard=0, **kw))
     assert second.status == "committed"
     sharded = read_run(store)

@@ -68,7 +68,16 @@ def store_info(store: str | Path) -> dict[str, Any]:
                         "complete": bool(prog and prog["complete"]),
                     }
                 )
-            pending.append({"run": rdir.name, "parts": parts, "bytes": _bytes(rdir)})
+            metas = [load_json(q / "meta.json") for q in sorted((rdir / "parts").glob("part-*"))]
+            declared = [int(m["identity"].get("num_shards", 1)) for m in metas if m]
+            pending.append(
+                {
+                    "run": rdir.name,
+                    "parts": parts,
+                    "num_parts": max([*declared, len(parts)]),
+                    "bytes": _bytes(rdir),
+                }
+            )
     docs_dir = store / "docs"
     doc_ids: set[int] = set()
     for f in sorted(docs_dir.glob("*.parquet")) if docs_dir.is_dir() else []:
@@ -107,17 +116,19 @@ def format_info(info: dict[str, Any]) -> str:
             f"  run {r['run']}: {r['model']} ({r['model_type']}), {r['rows']:,} token rows, "
             f"{r['docs']:,} docs, {r['parts']} part(s), {_size(r['bytes'])}"
         )
+        names = [s["name"] for s in r["sites"]] + [f"[{m}]" for m in r["matrices"]]
+        width = max(28, *(len(n) for n in names))
         for s in r["sites"]:
-            lines.append(f"    {s['name']:<28} {tuple(s['shape'])!s:<18} {s['dtype']}")
+            lines.append(f"    {s['name']:<{width}} {tuple(s['shape'])!s:<18} {s['dtype']}")
         for m, shape in r["matrices"].items():
-            lines.append(f"    [{m}]{'':<{max(0, 26 - len(m))}} {tuple(shape)!s:<18} float32")
+            lines.append(f"    {'[' + m + ']':<{width}} {tuple(shape)!s:<18} float32")
         if r["centroids"]:
             lines.append(f"    centroids for {len(r['centroids'])} site(s)")
     for p in info["pending"]:
         done = sum(x["complete"] for x in p["parts"])
         rows = sum(x["rows"] for x in p["parts"])
         lines.append(
-            f"  pending run {p['run']}: {done}/{len(p['parts'])} part(s) complete, "
+            f"  pending run {p['run']}: {done}/{p['num_parts']} part(s) complete, "
             f"{rows:,} rows so far (not visible to readers until committed)"
         )
     return "\n".join(lines)
