@@ -17,3 +17,13 @@ def test_import_does_not_load_torch(module: str) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_query_namespace_resolves_every_public_name() -> None:
+    import actstore.query as q
+
+    assert set(q.__all__) == {"Store", "open_store", *q._LAZY}
+    for name in q.__all__:
+        assert getattr(q, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        q.nope  # noqa: B018

@@ -1,7 +1,110 @@
-"""Reading a store: SQL through DuckDB, vector gathers, analyses (no model needed)."""
+"""Reading a store: SQL through DuckDB, vector gathers, analyses (no model needed).
+
+The analyses are importable from here (``from actstore.query import linear_cka``); each
+is loaded on first use, so ``import actstore`` stays light.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from actstore.query.store import Store, open_store
 
-__all__ = ["Store", "open_store"]
+#: public name -> the module (under actstore.query) that defines it
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        [
+            "PairwiseStats",
+            "anisotropy",
+            "anisotropy_by_layer",
+            "mean_vector_stats",
+            "pairwise_cosine_stats",
+        ],
+        "similarity",
+    ),
+    **dict.fromkeys(
+        ["centroid_similarity", "cosine_matrix", "sink_pairs", "sink_scan", "token_centroids"],
+        "centroids",
+    ),
+    **dict.fromkeys(["apply_head", "logit_lens", "nearest", "nearest_tokens"], "nearest"),
+    **dict.fromkeys(
+        ["compare_runs", "compare_sites", "linear_cka", "procrustes_cosine", "rsa"], "cka"
+    ),
+    **dict.fromkeys(
+        ["MapConfig", "PairSpec", "evaluate_map", "fit_map", "load_map", "save_map"], "mapping"
+    ),
+    "RidgeMap": "ridgecv",
+    **dict.fromkeys(["identity_map", "procrustes_map", "reduced_rank_map"], "linmaps"),
+    **dict.fromkeys(["balanced_split", "doc_split"], "split"),
+    **dict.fromkeys(["lasso", "omp"], "sparse"),
+    **dict.fromkeys(["explained_variance", "fvu", "sparse_metrics"], "sparse_metrics"),
+    **dict.fromkeys(["DictLearnConfig", "DictionaryLearner"], "dictlearn"),
+    **dict.fromkeys(["SAEConfig", "TopKSAE"], "sae"),
+    **dict.fromkeys(["encode_store", "learn_store", "sae_store"], "sparse_store"),
+    **dict.fromkeys(["list_results", "read_result", "write_result"], "results"),
+}
+
+__all__ = [
+    "DictLearnConfig",
+    "DictionaryLearner",
+    "MapConfig",
+    "PairSpec",
+    "PairwiseStats",
+    "RidgeMap",
+    "SAEConfig",
+    "Store",
+    "TopKSAE",
+    "anisotropy",
+    "anisotropy_by_layer",
+    "apply_head",
+    "balanced_split",
+    "centroid_similarity",
+    "compare_runs",
+    "compare_sites",
+    "cosine_matrix",
+    "doc_split",
+    "encode_store",
+    "evaluate_map",
+    "explained_variance",
+    "fit_map",
+    "fvu",
+    "identity_map",
+    "lasso",
+    "learn_store",
+    "linear_cka",
+    "list_results",
+    "load_map",
+    "logit_lens",
+    "mean_vector_stats",
+    "nearest",
+    "nearest_tokens",
+    "omp",
+    "open_store",
+    "pairwise_cosine_stats",
+    "procrustes_cosine",
+    "procrustes_map",
+    "read_result",
+    "reduced_rank_map",
+    "rsa",
+    "sae_store",
+    "save_map",
+    "sink_pairs",
+    "sink_scan",
+    "sparse_metrics",
+    "token_centroids",
+    "write_result",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the analysis that defines ``name`` on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'actstore.query' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"actstore.query.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    """The public names, lazy ones included."""
+    return sorted(__all__)
