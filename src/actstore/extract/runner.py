@@ -35,8 +35,15 @@ from actstore.extract.corpus import Corpus, Doc, open_corpus
 from actstore.store.arrays import write_matrix
 from actstore.store.commit import commit_run, drop_run
 from actstore.store.format import ARRAYS_DIR, RunJSON, part_dir, run_dir
-from actstore.store.manifest import create_store, read_manifest
-from actstore.store.part import PartWriter, Progress, load_json, load_progress, now_iso
+from actstore.store.manifest import atomic_write_json, create_store, read_manifest
+from actstore.store.part import (
+    PartWriter,
+    Progress,
+    load_json,
+    load_progress,
+    now_iso,
+    remove_part,
+)
 
 __all__ = ["ExtractResult", "extract", "iter_batches"]
 
@@ -95,8 +102,7 @@ def _prepare_run(store: Path, config: ExtractConfig, identity: dict[str, Any]) -
         other = load_json(meta_path)
         if other["identity"] != identity:
             if config.overwrite:
-                shutil.rmtree(meta_path.parent, ignore_errors=True)
-                shutil.rmtree(rdir / ARRAYS_DIR / meta_path.parent.name, ignore_errors=True)
+                remove_part(store, config.run, int(meta_path.parent.name.removeprefix("part-")))
             else:
                 raise RunExistsError(_differs(config.run, other["identity"], identity))
     return None
@@ -291,10 +297,6 @@ def extract(config: ExtractConfig) -> ExtractResult:
             done,
         )
 
-    capture = SiteCapture(lm, sites)
-    dims = capture.probe()
-    mats = matrices(lm)
-    vocab_size = int(mats["embed"].shape[0])
     resume = load_progress(store, config.run, config.shard)
     if resume is not None and resume["complete"]:
         result = commit_run(store, config.run, config.num_shards)
@@ -302,6 +304,11 @@ def extract(config: ExtractConfig) -> ExtractResult:
         return ExtractResult(
             store, config.run, config.shard, status, resume["rows"], resume["counts"], 0.0, result
         )
+
+    capture = SiteCapture(lm, sites)
+    dims = capture.probe()
+    mats = matrices(lm)
+    vocab_size = int(mats["embed"].shape[0])
 
     part = PartWriter(
         store,
@@ -330,8 +337,6 @@ def extract(config: ExtractConfig) -> ExtractResult:
         "versions": _versions(),
         "created_at": now_iso(),
     }
-    from actstore.store.manifest import atomic_write_json
-
     atomic_write_json(pdir / "meta.json", meta)
     if not (pdir / "vocab_strings.parquet").exists():
         pq.write_table(_vocab_strings(lm, vocab_size), pdir / "vocab_strings.parquet")
@@ -457,8 +462,7 @@ def extract(config: ExtractConfig) -> ExtractResult:
 def _remove_empty_part(store: Path, run: str, shard: int) -> None:
     """Delete what a part that stored nothing left behind (and the run, if nothing else)."""
     rdir = run_dir(store, run)
-    shutil.rmtree(part_dir(store, run, shard), ignore_errors=True)
-    shutil.rmtree(rdir / ARRAYS_DIR / part_dir(store, run, shard).name, ignore_errors=True)
+    remove_part(store, run, shard)
     parts = rdir / "parts"
     if not (parts.is_dir() and any(parts.iterdir())):
         shutil.rmtree(rdir, ignore_errors=True)

@@ -28,11 +28,19 @@ from actstore.store.format import (
     StorageDType,
     part_array_path,
     part_dir,
+    part_name,
     run_dir,
 )
 from actstore.store.manifest import atomic_write_json
 
-__all__ = ["PartWriter", "Progress", "load_json", "load_progress", "tokens_schema"]
+__all__ = [
+    "PartWriter",
+    "Progress",
+    "load_json",
+    "load_progress",
+    "remove_part",
+    "tokens_schema",
+]
 
 PROGRESS_VERSION = 1
 
@@ -60,6 +68,12 @@ def tokens_schema() -> pa.Schema:
 def load_json(path: Path) -> Any:
     """Parsed JSON of ``path``, or None if it does not exist."""
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def remove_part(store: Path, run: str, index: int) -> None:
+    """Delete everything part ``index`` of ``run`` wrote: its staging and its row arrays."""
+    shutil.rmtree(part_dir(store, run, index), ignore_errors=True)
+    shutil.rmtree(run_dir(store, run) / ARRAYS_DIR / part_name(index), ignore_errors=True)
 
 
 def load_progress(store: Path, run: str, index: int) -> Progress | None:
@@ -99,10 +113,7 @@ class PartWriter:
         self.dir = part_dir(store, run, index)
         self.arrays_root = run_dir(store, run) / ARRAYS_DIR
         if resume is None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            from actstore.store.format import part_name
-
-            shutil.rmtree(self.arrays_root / part_name(index), ignore_errors=True)
+            remove_part(store, run, index)
             resume = Progress(
                 version=PROGRESS_VERSION,
                 pools=0,
