@@ -37,23 +37,11 @@ def build(path: Path) -> None:
     """Extract the demo store unless it is there."""
     if (path / "actstore.json").is_file():
         return
-    from actstore._demo import demo_corpus_path, minilm_path
-    from actstore.extract import ExtractConfig, extract
+    from actstore._demo import demo_config
+    from actstore.extract import extract
 
     print(f"building {path} ...", flush=True)
-    extract(
-        ExtractConfig(
-            model=str(minilm_path()),
-            data=str(demo_corpus_path()),
-            store=str(path),
-            run=RUN,
-            sites="all",
-            dtype="float32",
-            centroids=True,
-            quiet=True,
-            device="cpu",
-        )
-    )
+    extract(demo_config(path, run=RUN, dtype="float32", quiet=True, device="cpu"))
 
 
 def main() -> None:

@@ -38,19 +38,12 @@ OUT = Path(__file__).parent / "out"
 
 def _store(path: Path) -> Path:
     if not (path / "actstore.json").is_file():
-        from actstore._demo import demo_corpus_path, minilm_path
-        from actstore.extract import ExtractConfig, extract
+        from actstore._demo import demo_config
+        from actstore.extract import extract
 
         extract(
-            ExtractConfig(
-                model=str(minilm_path()),
-                data=str(demo_corpus_path()),
-                store=str(path),
-                run="minilm",
-                sites="hidden.6",
-                dtype="float32",
-                quiet=True,
-                device="cpu",
+            demo_config(
+                path, sites="hidden.6", centroids=False, dtype="float32", quiet=True, device="cpu"
             )
         )
     return path

@@ -343,21 +343,9 @@ def minilm_store(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> 
     """A real store: MiniLM over the bundled demo corpus, every hidden state, float32,
     with centroids; run name ``minilm``. Built once per session (about 15 s on 2 cores).
     Treat it as read-only: tests that write results copy it first (``shutil.copytree``)."""
-    from actstore._demo import demo_corpus_path
-    from actstore.extract import ExtractConfig, extract
+    from actstore._demo import demo_config
+    from actstore.extract import extract
 
     store = tmp_path_factory.mktemp("minilm") / "demo.acts"
-    extract(
-        ExtractConfig(
-            model=str(minilm_dir),
-            data=str(demo_corpus_path()),
-            store=str(store),
-            run="minilm",
-            sites="all",
-            dtype="float32",
-            centroids=True,
-            quiet=True,
-            device="cpu",
-        )
-    )
+    extract(demo_config(store, model=str(minilm_dir), dtype="float32", quiet=True, device="cpu"))
     return store

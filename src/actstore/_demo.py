@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from actstore.errors import ModelLoadError
 
-__all__ = ["demo_corpus_path", "minilm_path", "run_demo"]
+if TYPE_CHECKING:
+    from actstore.extract.config import ExtractConfig
+
+__all__ = ["demo_config", "demo_corpus_path", "minilm_path", "run_demo"]
 
 DEMO_RUN = "minilm"
 #: Words whose contextual centroids and raw embeddings the demo compares (single tokens).
@@ -40,31 +43,38 @@ def minilm_path() -> Path:
     return Path(MODEL_DIR)
 
 
+def demo_config(store: str | Path, **options: Any) -> ExtractConfig:
+    """Options to extract the bundled MiniLM over the bundled corpus into ``store``.
+
+    ``options`` override the demo's defaults (all hidden states, float16, centroids), e.g.
+    ``dtype="float32"`` for exact comparisons in tests and benchmarks.
+    """
+    from actstore.extract.config import ExtractConfig
+
+    defaults: dict[str, Any] = {
+        "model": str(minilm_path()),
+        "data": str(demo_corpus_path()),
+        "store": str(store),
+        "run": DEMO_RUN,
+        "sites": "all",
+        "dtype": "float16",
+        "centroids": True,
+    }
+    return ExtractConfig(**{**defaults, **options})
+
+
 def run_demo(
     store: str | Path = "demo.acts", *, quiet: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
     """Extract the demo store (if needed) and print what it holds; return the figures."""
     import actstore
-    from actstore.extract.config import ExtractConfig
     from actstore.extract.runner import extract
     from actstore.query._sim_plots import plot_histograms
     from actstore.query.centroids import centroid_similarity
     from actstore.query.similarity import pairwise_cosine_stats
     from actstore.store.info import format_info, store_info
 
-    config = ExtractConfig(
-        model=str(minilm_path()),
-        data=str(demo_corpus_path()),
-        store=str(store),
-        run=DEMO_RUN,
-        sites="all",
-        dtype="float16",
-        centroids=True,
-        quiet=quiet,
-        overwrite=overwrite,
-        device="auto",
-    )
-    result = extract(config)
+    result = extract(demo_config(store, quiet=quiet, overwrite=overwrite))
     print(
         f"== extract: {result.status}, {result.rows:,} token rows ({result.seconds:.1f} s)"
         if result.seconds
