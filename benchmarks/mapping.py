@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 from _common import machine_info, markdown_table, now_iso, summary, timed, write_json
 
 import actstore
-from actstore.query.mapping import PairSpec, iter_pairs, pair_rows
-from actstore.query.ridgecv import RidgeMap
+from actstore.query.mapping.on_store import PairSpec, iter_pairs, pair_rows
+from actstore.query.mapping.ridgecv import RidgeMap
 from actstore.store.arrays import Layout, write_matrix
 from actstore.store.commit import commit_run
 from actstore.store.format import ARRAYS_DIR, part_dir, run_dir

@@ -26,8 +26,8 @@ import numpy as np
 from _common import current_rss, fmt_bytes, machine_info, markdown_table, now_iso, write_json
 
 import actstore
-from actstore.query.centroids import sink_pairs, sink_scan
-from actstore.query.similarity import pairwise_cosine_stats
+from actstore.query.similarity.centroids import sink_pairs, sink_scan
+from actstore.query.similarity.pairwise import pairwise_cosine_stats
 
 OUT = Path(__file__).parent / "out"
 RUN = "minilm"

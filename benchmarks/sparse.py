@@ -27,11 +27,11 @@ import numpy as np
 from _common import machine_info, markdown_table, now_iso, write_json
 
 import actstore
-from actstore.query.dictlearn import DictionaryLearner, DictLearnConfig
 from actstore.query.rowstream import ArraySource, StoreSource, shuffled_batches
-from actstore.query.sae import SAEConfig, TopKSAE
-from actstore.query.sparse import omp, reconstruct
-from actstore.query.sparse_metrics import fvu
+from actstore.query.sparse.dictlearn import DictionaryLearner, DictLearnConfig
+from actstore.query.sparse.metrics import fvu
+from actstore.query.sparse.pursuit import omp, reconstruct
+from actstore.query.sparse.sae import SAEConfig, TopKSAE
 
 OUT = Path(__file__).parent / "out"
 

@@ -69,9 +69,9 @@ def run_demo(
     """Extract the demo store (if needed) and print what it holds; return the figures."""
     import actstore
     from actstore.extract.runner import extract
-    from actstore.query._sim_plots import plot_histograms
-    from actstore.query.centroids import centroid_similarity
-    from actstore.query.similarity import pairwise_cosine_stats
+    from actstore.query.similarity.centroids import centroid_similarity
+    from actstore.query.similarity.pairwise import pairwise_cosine_stats
+    from actstore.query.similarity.plots import plot_histograms
     from actstore.store.info import format_info, store_info
 
     result = extract(demo_config(store, quiet=quiet, overwrite=overwrite))

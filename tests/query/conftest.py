@@ -159,3 +159,48 @@ def syn_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         seed=7,
     )
     return path
+
+
+class CLIFailed(Exception):
+    """``actstore`` exited non-zero; ``str()`` is its one error line."""
+
+    def __init__(self, code: int, line: str) -> None:
+        super().__init__(line)
+        self.code = code
+
+
+class CLI:
+    """Run ``actstore`` through :func:`actstore.cli.main` as a user would: the exit status,
+    stdout, and on failure exactly one ``actstore: error: ...`` line on stderr."""
+
+    Failed = CLIFailed
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self.capsys = capsys
+
+    def __call__(self, *argv: str) -> str:
+        """Stdout of a successful run; raises :class:`CLIFailed` on a non-zero exit."""
+        from actstore.cli import main
+
+        self.capsys.readouterr()
+        code = main([str(a) for a in argv])
+        out, err = self.capsys.readouterr()
+        if code == 0:
+            return out
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, f"expected one error line, got {err!r}"
+        assert lines[0].startswith("actstore: error: "), lines[0]
+        assert code in (1, 2), code
+        raise CLIFailed(code, lines[0])
+
+    def json(self, *argv: str) -> Any:
+        """The parsed ``--json`` output of a successful run."""
+        import json
+
+        return json.loads(self(*argv, "--json"))
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> CLI:
+    """``cli("map", "fit", ...)`` runs the command line (see :class:`CLI`)."""
+    return CLI(capsys)

@@ -12,9 +12,9 @@ from scipy.special import log_softmax
 
 import actstore
 from actstore.errors import ConfigError
-from actstore.query.klmap import fit_kl_map
-from actstore.query.mapmetrics import Head
-from actstore.query.mapping import MapConfig, PairSpec, evaluate_map, fit_map, pair_rows
+from actstore.query.head import Head
+from actstore.query.mapping.klmap import fit_kl_map
+from actstore.query.mapping.on_store import MapConfig, PairSpec, evaluate_map, fit_map, pair_rows
 from actstore.store.arrays import Layout, write_matrix
 from actstore.store.commit import commit_run
 from actstore.store.format import ARRAYS_DIR, part_dir, run_dir
@@ -135,24 +135,19 @@ def test_kl_map_errors() -> None:
 def test_cli_kl_fit_and_head_eval(
     head_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import argparse
     import json
     import shutil
 
-    from actstore.query._cli_mapping import add_commands
+    from actstore.cli import main
 
     st = tmp_path / "h.acts"
     shutil.copytree(head_store, st)
-    parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers())
     argv = ["map", "fit", str(st), "--run", "h", "--x", "hidden.0", "--y", "hidden.1"]
     argv += ["--name", "klm", "--method", "kl", "--kl-epochs", "2", "--json"]
-    args = parser.parse_args(argv)
-    args.func(args)
+    assert main(argv) == 0
     fit = json.loads(capsys.readouterr().out)
     assert {"top1_agreement", "kl"} <= set(fit["val"])
-    args = parser.parse_args(["map", "eval", str(st), "klm", "--head", "--json"])
-    args.func(args)
+    assert main(["map", "eval", str(st), "klm", "--head", "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["n"] == DOCS * PER_DOC
     assert 0.0 <= ev["top1_agreement"] <= 1.0

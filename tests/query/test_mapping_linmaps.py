@@ -10,10 +10,11 @@ from scipy.stats import ortho_group
 from sklearn.metrics import mean_squared_error, r2_score
 
 from actstore.errors import ConfigError, MappingError
-from actstore.query.linmaps import identity_map, procrustes_map, reduced_rank_map
-from actstore.query.mapmetrics import Head, identity_metrics, regression_metrics
-from actstore.query.ridge import RidgeStats
-from actstore.query.split import balanced_split, doc_split
+from actstore.query.head import Head
+from actstore.query.mapping.linmaps import identity_map, procrustes_map, reduced_rank_map
+from actstore.query.mapping.metrics import identity_metrics, regression_metrics
+from actstore.query.mapping.ridge import RidgeStats
+from actstore.query.mapping.split import balanced_split, doc_split
 
 
 def _x(n: int = 400, d: int = 6, seed: int = 0) -> np.ndarray:

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from sklearn.linear_model import Ridge, RidgeCV
 
 from actstore.errors import ActstoreError, ConfigError, MappingError
-from actstore.query.ridge import RidgeEigen, RidgeStats
-from actstore.query.ridgecv import RidgeMap, kfold_errors
+from actstore.query.mapping.ridge import RidgeEigen, RidgeStats
+from actstore.query.mapping.ridgecv import RidgeMap, kfold_errors
 
 
 def _data(n: int = 200, d: int = 6, m: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

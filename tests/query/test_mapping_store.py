@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 from pathlib import Path
 
@@ -13,17 +11,15 @@ from sklearn.linear_model import Ridge
 
 import actstore
 from actstore.errors import (
-    ActstoreError,
     ConfigError,
     MappingError,
+    MatrixNotFoundError,
     QueryError,
-    ResultNotFoundError,
     RunNotFoundError,
     SiteNotFoundError,
 )
-from actstore.query._cli_mapping import add_commands
-from actstore.query.mapmetrics import regression_metrics
-from actstore.query.mapping import (
+from actstore.query.mapping.metrics import regression_metrics
+from actstore.query.mapping.on_store import (
     MapConfig,
     PairSpec,
     evaluate_map,
@@ -33,6 +29,8 @@ from actstore.query.mapping import (
     pair_rows,
     save_map,
 )
+
+from .conftest import CLI
 
 ALL_ROWS = "SELECT row FROM tokens WHERE run = 'a' ORDER BY row"
 
@@ -129,7 +127,7 @@ def test_pair_errors(syn_store: Path, hand_store: Path) -> None:
         with pytest.raises(MappingError, match="training split is empty"):
             fit_map(s, PairSpec("a", "hidden.0", "hidden.1"), MapConfig(val_fraction=0.99))
         fitted = fit_map(s, PairSpec("a", "hidden.0", "hidden.1"), MapConfig(split="none"))
-        with pytest.raises(MappingError, match="stored no output head"):
+        with pytest.raises(MatrixNotFoundError, match="no 'unembed' matrix"):
             evaluate_map(s, fitted, head=True)
     with pytest.raises(ConfigError, match="method must be one of"):
         MapConfig(method="lasso")  # type: ignore[arg-type]
@@ -144,48 +142,33 @@ def test_pair_errors(syn_store: Path, hand_store: Path) -> None:
         evaluate_map(s, fitted, spec=PairSpec("a", "hidden.0", "hidden.1"))
 
 
-def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
-    parser = argparse.ArgumentParser(prog="actstore")
-    add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    args.func(args)
-    out: dict[str, object] = json.loads(capsys.readouterr().out)
-    return out
-
-
-def test_cli_fit_eval_apply(
-    store_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_cli_fit_eval_apply(store_copy: Path, tmp_path: Path, cli: CLI) -> None:
     st = str(store_copy)
-    fit = _cli(
-        [
-            "map",
-            "fit",
-            st,
-            "--run",
-            "a",
-            "--x",
-            "hidden.0",
-            "--y",
-            "hidden.1",
-            "--name",
-            "m",
-            "--alphas",
-            "0.1,10",
-            "--cv",
-            "loo",
-            "--split",
-            "doc",
-            "--json",
-        ],
-        capsys,
+    fit = cli.json(
+        "map",
+        "fit",
+        st,
+        "--run",
+        "a",
+        "--x",
+        "hidden.0",
+        "--y",
+        "hidden.1",
+        "--name",
+        "m",
+        "--alphas",
+        "0.1,10",
+        "--cv",
+        "loo",
+        "--split",
+        "doc",
     )
     assert fit["name"] == "m"
     assert {"val", "train"} <= set(fit)
-    ev = _cli(["map", "eval", st, "m", "--json"], capsys)
+    ev = cli.json("map", "eval", st, "m")
     assert ev["n"] == 180
     out = tmp_path / "pred.npy"
-    ap = _cli(["map", "apply", st, "m", "--out", str(out), "--rows", ALL_ROWS, "--json"], capsys)
+    ap = cli.json("map", "apply", st, "m", "--out", str(out), "--rows", ALL_ROWS)
     assert ap["shape"] == [180, 8]
     fitted = load_map(st, "m")
     with actstore.open(st) as s:
@@ -193,11 +176,9 @@ def test_cli_fit_eval_apply(
     np.testing.assert_allclose(np.load(out), fitted.predict(X), rtol=1e-5, atol=1e-6)
     vec = tmp_path / "x.npy"
     np.save(vec, X[:4])
-    _cli(["map", "apply", st, "m", "--out", str(out), "--vectors", str(vec), "--json"], capsys)
+    cli.json("map", "apply", st, "m", "--out", str(out), "--vectors", str(vec))
     assert np.load(out).shape == (4, 8)
-    parser = argparse.ArgumentParser()
-    add_commands(parser.add_subparsers())
-    for argv, err, msg in [
+    for argv, code, msg in [
         (
             [
                 "map",
@@ -214,7 +195,7 @@ def test_cli_fit_eval_apply(
                 "--alphas",
                 "-1",
             ],
-            ConfigError,
+            1,
             "alphas must be finite numbers >= 0",
         ),
         (
@@ -233,7 +214,7 @@ def test_cli_fit_eval_apply(
                 "--alphas",
                 "a,b",
             ],
-            ConfigError,
+            2,
             "--alphas takes comma-separated numbers",
         ),
         (
@@ -252,18 +233,17 @@ def test_cli_fit_eval_apply(
                 "--cv",
                 "sometimes",
             ],
-            ConfigError,
-            "--cv must be gcv, loo, none or a fold count",
+            2,
+            "--cv must be one of gcv, loo, none or a whole number",
         ),
-        (["map", "eval", st, "nope"], ResultNotFoundError, "no result 'nope'"),
+        (["map", "eval", st, "nope"], 1, "no result 'nope'"),
         (
             ["map", "apply", st, "m", "--out", str(tmp_path / "p.txt")],
-            ConfigError,
+            1,
             "must be a .npy",
         ),
-        (["map", "apply", st, "m", "--out", str(store_copy / "p.npy")], ConfigError, "read-only"),
+        (["map", "apply", st, "m", "--out", str(store_copy / "p.npy")], 1, "read-only"),
     ]:
-        args = parser.parse_args(argv)
-        with pytest.raises(err, match=msg):
-            args.func(args)
-        assert issubclass(err, ActstoreError)
+        with pytest.raises(cli.Failed, match=msg) as failed:
+            cli(*argv)
+        assert failed.value.code == code

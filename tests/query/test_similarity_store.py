@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -21,11 +20,12 @@ from actstore.errors import (
     SiteNotFoundError,
     TokenNotFoundError,
 )
-from actstore.query._cli_similarity import add_commands
-from actstore.query.centroids import centroid_similarity, sink_scan, token_centroids
-from actstore.query.cka import compare_runs, compare_sites, linear_cka
-from actstore.query.nearest import logit_lens, nearest
-from actstore.query.similarity import anisotropy_by_layer, pairwise_cosine_stats
+from actstore.query.similarity.centroids import centroid_similarity, sink_scan, token_centroids
+from actstore.query.similarity.cka import compare_runs, compare_sites, linear_cka
+from actstore.query.similarity.nearest import logit_lens, nearest
+from actstore.query.similarity.pairwise import anisotropy_by_layer, pairwise_cosine_stats
+
+from .conftest import CLI
 
 RUN = "minilm"
 
@@ -43,11 +43,11 @@ def writable(minilm_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return dst
 
 
-def cli(*argv: str) -> tuple[int, str]:
-    parser = argparse.ArgumentParser(prog="actstore")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(list(argv))
-    return args.func(args), ""
+def cli(*argv: str) -> None:
+    """Run ``actstore`` through its real entry point; the output stays in capsys."""
+    from actstore.cli import main
+
+    assert main(list(argv)) == 0, argv
 
 
 def test_embed_pairwise_matches_pdist(store: Any) -> None:
@@ -317,11 +317,13 @@ def test_cli_commands_save_plot_and_sql(
     ],
 )
 def test_cli_errors(
-    minilm_store: Path, argv: list[str], err: type[ActstoreError], msg: str
+    minilm_store: Path, argv: list[str], err: type[ActstoreError], msg: str, cli: CLI
 ) -> None:
     argv = [argv[0], str(minilm_store), *argv[1:]]
-    with pytest.raises(err, match=msg):
+    with pytest.raises(cli.Failed, match=msg) as failed:
         cli("similarity", *argv)
+    assert failed.value.code == 1
+    assert issubclass(err, ActstoreError)
 
 
 @pytest.fixture(scope="module")
@@ -421,5 +423,5 @@ def test_cli_rows_queries_and_run_pairs(
         ("a:hidden.1", "b:hidden.0"),
         ("a:hidden.1", "b:hidden.1"),
     ]
-    with pytest.raises(ConfigError, match="pick one with --run"):
-        cli("similarity", "cka", str(syn_store))
+    with pytest.raises(CLI.Failed, match="pick one with --run"):
+        CLI(capsys)("similarity", "cka", str(syn_store))

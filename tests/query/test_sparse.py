@@ -10,8 +10,7 @@ from sklearn.decomposition import sparse_encode
 from sklearn.linear_model import orthogonal_mp
 
 from actstore.errors import ConfigError
-from actstore.query.sparse import codes_table, lasso, omp, reconstruct
-from actstore.query.sparse_metrics import (
+from actstore.query.sparse.metrics import (
     dead_fraction,
     explained_variance,
     fvu,
@@ -19,6 +18,7 @@ from actstore.query.sparse_metrics import (
     reconstruction_cosine,
     sparse_metrics,
 )
+from actstore.query.sparse.pursuit import codes_table, lasso, omp, reconstruct
 
 
 @pytest.fixture(autouse=True)

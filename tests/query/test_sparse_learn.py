@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from actstore.errors import ConfigError
-from actstore.query.dictlearn import DictionaryLearner, DictLearnConfig, learn_dictionary
 from actstore.query.rowstream import ArraySource, StoreSource, shuffled_batches
-from actstore.query.sae import SAEConfig, TopKSAE
-from actstore.query.sparse import omp
+from actstore.query.sparse.dictlearn import DictionaryLearner, DictLearnConfig, learn_dictionary
+from actstore.query.sparse.pursuit import omp
+from actstore.query.sparse.sae import SAEConfig, TopKSAE
 from actstore.query.store import Store
 from actstore.store.arrays import Layout
 from actstore.store.synthetic import write_synthetic_run

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from collections.abc import Iterator
@@ -11,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actstore.errors import ActstoreError, ConfigError, SiteNotFoundError
-from actstore.query._cli_sparse import add_commands
 from actstore.query.results import read_result
-from actstore.query.sparse import omp
-from actstore.query.sparse_atoms import atom_nearest_tokens, atom_top_rows, map_coords
-from actstore.query.sparse_store import encode_store
+from actstore.query.sparse.atoms import atom_nearest_tokens, atom_top_rows, map_coords
+from actstore.query.sparse.on_store import encode_store
+from actstore.query.sparse.pursuit import omp
 from actstore.query.store import Store
+
+from .conftest import CLIFailed
 
 VOCAB_ROWS = (
     "SELECT token_id FROM vocab WHERE run = 'minilm' AND count > 0 ORDER BY token_id LIMIT 60"
@@ -43,10 +42,21 @@ def store(minilm_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="actstore")
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    """Run ``actstore`` through its real entry point; raise its one error line on failure."""
+    import io
+    from contextlib import redirect_stderr
+
+    from actstore.cli import main
+
+    err = io.StringIO()
+    with redirect_stderr(err):
+        code = main(argv)
+    if code:
+        lines = err.getvalue().strip().splitlines()
+        assert len(lines) == 1, err.getvalue()
+        assert lines[0].startswith("actstore: error: "), lines[0]
+        raise CLIFailed(code, lines[0])
+    return code
 
 
 def test_encode_vocabulary_against_itself(store: Path) -> None:
@@ -225,7 +235,7 @@ def test_atom_helpers(store: Path) -> None:
 
 
 def test_errors(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SiteNotFoundError, match=r"hidden\.9"):
+    with pytest.raises(CLIFailed, match=r"hidden\.9"):
         _cli(
             [
                 "sparse",
@@ -242,7 +252,7 @@ def test_errors(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
             ]
         )
     empty = "SELECT row FROM tokens WHERE run = 'minilm' AND row < 0"
-    with pytest.raises(ConfigError, match="holds no rows; select at least one row"):
+    with pytest.raises(CLIFailed, match="holds no rows; select at least one row"):
         _cli(
             [
                 "sparse",
@@ -260,7 +270,7 @@ def test_errors(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
                 "2",
             ]
         )
-    with pytest.raises(ConfigError, match="k must be between 1 and n_atoms=4, got k=5"):
+    with pytest.raises(CLIFailed, match="k must be between 1 and n_atoms=4, got k=5"):
         _cli(
             [
                 "sparse",
@@ -276,7 +286,7 @@ def test_errors(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
                 "5",
             ]
         )
-    with pytest.raises(ConfigError, match=r"lambda must be a positive number, got -1\.0"):
+    with pytest.raises(CLIFailed, match=r"lambda must be a positive number, got -1\.0"):
         _cli(
             [
                 "sparse",
@@ -292,7 +302,7 @@ def test_errors(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
                 "-1",
             ]
         )
-    with pytest.raises(ConfigError, match="frequency weights apply to embed/unembed rows"):
+    with pytest.raises(CLIFailed, match="frequency weights apply to embed/unembed rows"):
         _cli(
             [
                 "sparse",
@@ -307,5 +317,5 @@ def test_errors(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
                 "--weights",
             ]
         )
-    with pytest.raises(ActstoreError, match="no result 'nope'"):
+    with pytest.raises(CLIFailed, match="no result 'nope'"):
         _cli(["sparse", "atoms", str(store), "nope"])

@@ -1,139 +1,62 @@
-"""Save analysis results into a store, so they are queryable by SQL and reusable later.
+"""The one way an analysis saves its result: ``results/<name>/`` through the store's writer.
 
-A result is a folder ``results/<name>/`` with ``result.parquet`` (one table, shown by
-``Store.sql`` as a view named ``<name>``), optional ``arrays/<key>.npy`` (coefficients,
-dictionaries, ...) and ``meta.json`` (what was computed, on which run/site/rows, with
-which options, and when). A result is written to a temporary folder and renamed into
-place, so readers see the old result or the new one, never a half-written one; nothing
-else in the store is touched.
+A saved result is a table (a SQL view named after the result), optional arrays and a
+``meta.json`` saying what was computed on which run, site and rows. Every store-level
+analysis (similarity, mapping, sparse) returns or builds an :class:`AnalysisResult` and
+saves it with :meth:`AnalysisResult.save` (or :func:`write_result`); the command line only
+passes ``--save NAME`` through. The file layout lives in :mod:`actstore.store.results`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import shutil
-import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from actstore.errors import ConfigError, ResultNotFoundError
-from actstore.store.manifest import read_manifest
+from actstore.store.results import list_results, read_result, result_dir, write_result
 
-__all__ = ["RESULT_NAME", "list_results", "read_result", "result_dir", "write_result"]
+if TYPE_CHECKING:
+    import pandas as pd
 
-#: Result names double as SQL view names: an identifier that cannot clash with a table.
-RESULT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_RESERVED = {"docs", "tokens", "vocab", "runs", "sites", "results"}
+__all__ = ["AnalysisResult", "list_results", "read_result", "result_dir", "write_result"]
 
 
-def result_dir(store: str | Path, name: str) -> Path:
-    """Folder of result ``name`` in ``store``."""
-    return Path(store) / "results" / name
+@dataclass
+class AnalysisResult:
+    """What a store-level analysis computed: a table, its description, optional arrays.
 
-
-def _check_name(name: str) -> str:
-    if not RESULT_NAME.match(name) or name.lower() in _RESERVED:
-        raise ConfigError(
-            f"result name {name!r} is not allowed; use letters, digits and '_' (a SQL "
-            f"identifier, not one of {', '.join(sorted(_RESERVED))})"
-        )
-    return name
-
-
-def write_result(
-    store: str | Path,
-    name: str,
-    table: pa.Table | Any,
-    *,
-    meta: Mapping[str, Any],
-    arrays: Mapping[str, npt.NDArray[Any]] | None = None,
-    overwrite: bool = True,
-) -> Path:
-    """Write result ``name`` (replacing an older one unless ``overwrite=False``).
-
-    Parameters
+    Attributes
     ----------
-    store : path
-        An existing store (its manifest is checked first).
-    name : str
-        Result name; also the SQL view name.
-    table : pyarrow.Table or pandas.DataFrame
-        The result table.
-    meta : mapping
-        JSON-able description: ``analysis``, ``run``, ``site``, options, metrics.
-    arrays : mapping of str to ndarray, optional
-        Saved as ``arrays/<key>.npy``.
-    overwrite : bool
-        Replace an existing result of that name.
-
-    Returns
-    -------
-    Path
-        The result folder.
+    table : pandas.DataFrame
+        The result rows (saved as ``result.parquet``).
+    meta : dict
+        JSON-able description: ``analysis``, ``run``, sites, options, summary values.
+    arrays : dict of str to ndarray
+        Extra arrays saved as ``arrays/<key>.npy``.
+    path : Path or None
+        Where the result was saved, once :meth:`save` ran.
     """
-    read_manifest(Path(store))
-    _check_name(name)
-    final = result_dir(store, name)
-    if final.exists() and not overwrite:
-        raise ConfigError(f"result {name!r} exists in {store}; pick another name or overwrite")
-    if not isinstance(table, pa.Table):
-        table = pa.Table.from_pandas(table, preserve_index=False)
-    tmp = final.parent / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "arrays").mkdir(parents=True)
-    pq.write_table(table, tmp / "result.parquet", compression="zstd")
-    for key, value in (arrays or {}).items():
-        np.save(tmp / "arrays" / f"{key}.npy", np.asarray(value))
-    full_meta = {
-        "name": name,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **dict(meta),
-    }
-    (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, default=_json_default) + "\n")
-    old = final.parent / f".{name}.old-{os.getpid()}"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
 
+    table: pd.DataFrame
+    meta: dict[str, Any]
+    arrays: Mapping[str, npt.NDArray[Any]] = field(default_factory=dict)
+    path: Path | None = None
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON-able: {type(value).__name__}")
+    def save(self, store: str | Path, name: str | None, *, overwrite: bool = True) -> None:
+        """Save as result ``name`` of ``store`` (nothing when ``name`` is None)."""
+        if name is not None:
+            arrays = {k: np.asarray(v) for k, v in self.arrays.items()}
+            self.path = write_result(
+                store, name, self.table, meta=self.meta, arrays=arrays, overwrite=overwrite
+            )
 
+    def to_json(self) -> dict[str, Any]:
+        """``meta`` with the table's rows under ``"rows"`` (JSON-able)."""
+        import json
 
-def read_result(store: str | Path, name: str) -> tuple[pa.Table, dict[str, Any], dict[str, Any]]:
-    """Return ``(table, meta, arrays)`` of result ``name``; arrays are memory-mapped."""
-    folder = result_dir(store, name)
-    if not (folder / "result.parquet").is_file():
-        have = ", ".join(list_results(store)) or "none"
-        raise ResultNotFoundError(f"no result {name!r} in {store} (results: {have})")
-    arrays = {f.stem: np.load(f, mmap_mode="r") for f in sorted((folder / "arrays").glob("*.npy"))}
-    meta = json.loads((folder / "meta.json").read_text())
-    return pq.read_table(folder / "result.parquet"), meta, arrays
-
-
-def list_results(store: str | Path) -> list[str]:
-    """Names of the results saved in ``store``."""
-    root = Path(store) / "results"
-    if not root.is_dir():
-        return []
-    return sorted(
-        p.name
-        for p in root.iterdir()
-        if not p.name.startswith(".") and (p / "result.parquet").is_file()
-    )
+        rows = json.loads(self.table.to_json(orient="records"))
+        return {**self.meta, "rows": rows, **({"path": str(self.path)} if self.path else {})}

@@ -26,13 +26,14 @@ __all__ = [
     "align",
     "align_last",
     "last_token_rows",
+    "require_token_ids",
     "rows_in_span",
     "rows_of_token",
     "rows_of_word",
     "token_ids",
 ]
 
-Match = Literal["exact", "stripped", "casefold"]
+Match = Literal["auto", "exact", "stripped", "casefold"]
 
 _ROWS = "SELECT row FROM tokens WHERE run = ? AND {cond} ORDER BY row"
 
@@ -44,15 +45,18 @@ def _norm(match: Match) -> Any:
         return lambda s: s.strip()
     if match == "casefold":
         return lambda s: s.strip().casefold()
-    raise ConfigError(f"unknown match {match!r}; expected one of exact, stripped, casefold")
+    raise ConfigError(f"unknown match {match!r}; expected one of auto, exact, stripped, casefold")
 
 
 def token_ids(run: RunReader, token: str, match: Match = "exact") -> npt.NDArray[np.int32]:
     """Ids of the vocabulary entries of ``run`` whose decoded ``token`` matches ``token``.
 
+    The one token lookup of actstore (centroids, nearest tokens, row selection all use it).
     ``exact`` compares the decoded strings as stored (``" dog"`` is not ``"dog"``);
-    ``stripped`` ignores surrounding whitespace (``" dog"`` and ``"dog"`` both match
-    ``"dog"``); ``casefold`` also ignores case (``"Dog"`` matches too).
+    ``stripped`` ignores surrounding whitespace of both sides, as ``str.strip`` does
+    (``" dog"``, ``"dog"`` and ``"\\tdog\\n"`` all match ``"dog"``); ``casefold`` also
+    ignores case (``"Dog"`` matches too); ``auto`` is ``exact`` when anything matches
+    exactly, else ``stripped``.
 
     Returns
     -------
@@ -61,6 +65,9 @@ def token_ids(run: RunReader, token: str, match: Match = "exact") -> npt.NDArray
     """
     import pyarrow.parquet as pq
 
+    if match == "auto":
+        exact = token_ids(run, token, "exact")
+        return exact if len(exact) else token_ids(run, token, "stripped")
     norm = _norm(match)
     if run.vocab_file is None:
         return np.zeros(0, np.int32)
@@ -72,6 +79,23 @@ def token_ids(run: RunReader, token: str, match: Match = "exact") -> npt.NDArray
         i for i, s in zip(ids.tolist(), strings, strict=True) if s is not None and norm(s) == want
     ]
     return np.asarray(sorted(hit), np.int32)
+
+
+def require_token_ids(run: RunReader, token: str, match: Match = "auto") -> npt.NDArray[np.int32]:
+    """:func:`token_ids`, raising when nothing matches.
+
+    Raises
+    ------
+    TokenNotFoundError
+        No vocabulary entry of ``run`` matches ``token``.
+    """
+    ids = token_ids(run, token, match)
+    if not len(ids):
+        raise TokenNotFoundError(
+            f"token {token!r} is not in the vocabulary of run {run.name!r}; "
+            "look it up with SELECT * FROM vocab WHERE run = ? AND token ILIKE ?"
+        )
+    return ids
 
 
 def _rows(engine: SQLEngine, cond: str, params: list[Any]) -> npt.NDArray[np.int64]:

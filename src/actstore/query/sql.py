@@ -13,12 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from actstore.errors import ConfigError, QueryError
+from actstore.errors import QueryError
 from actstore.store.reader import StoreReader
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-__all__ = ["BUILTIN_VIEWS", "QueryResult", "SQLEngine", "format_table", "write_result"]
+__all__ = ["BUILTIN_VIEWS", "QueryResult", "SQLEngine"]
 
 #: The views every store has, whatever it holds.
 BUILTIN_VIEWS = ("docs", "tokens", "vocab", "runs", "sites")
@@ -377,77 +377,3 @@ class QueryResult:
 
     def __repr__(self) -> str:
         return str(self._run("__repr__"))
-
-
-def _cell(value: Any, width: int) -> str:
-    text = "NULL" if value is None else str(value).replace("\n", "\\n")
-    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
-
-
-def format_table(
-    columns: Sequence[str], rows: Sequence[Sequence[Any]], *, max_width: int = 40
-) -> str:
-    """Rows as aligned text columns, each cell cut to ``max_width`` characters.
-
-    >>> print(format_table(["row", "token"], [(1, "dog"), (12, "a long token")], max_width=8))
-    row  token
-    ---  --------
-    1    dog
-    12   a long …
-    """
-    cells = [[_cell(v, max_width) for v in r] for r in rows]
-    heads = [_cell(c, max_width) for c in columns]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(heads)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def write_result(
-    result: QueryResult,
-    *,
-    fmt: Literal["table", "csv", "json", "parquet"] = "table",
-    out: str | Path | None = None,
-    store: Path | None = None,
-    max_rows: int = 1000,
-    max_width: int = 40,
-) -> None:
-    """Print ``result`` (or write it to ``out``) as a text table, CSV, JSON or Parquet.
-
-    Raises
-    ------
-    ConfigError
-        Parquet without ``out``, or ``out`` inside the store (which is read-only).
-    """
-    import sys
-
-    if out is not None and store is not None:
-        target = Path(out).resolve()
-        if target.is_relative_to(store.resolve()):
-            raise ConfigError(
-                f"--out {out} is inside the store, which is read-only; pick a path outside it"
-            )
-    if fmt == "parquet":
-        if out is None:
-            raise ConfigError("--format parquet writes a file: give --out FILE.parquet")
-        import pyarrow.parquet as pq
-
-        pq.write_table(result.arrow(), out)
-        return
-    if fmt == "table":
-        rows = result.limit(max_rows + 1)
-        more = len(rows) > max_rows
-        text = format_table(result.columns, rows[:max_rows], max_width=max_width)
-        if more:
-            text += f"\n... (more than {max_rows} rows; use --max-rows or --format csv)"
-    elif fmt == "csv":
-        text = result.df().to_csv(index=False).rstrip("\n")
-    elif fmt == "json":
-        text = result.df().to_json(orient="records", date_format="iso", force_ascii=False)
-    else:
-        raise ConfigError(f"unknown format {fmt!r}; expected table, csv, json or parquet")
-    if out is None:
-        sys.stdout.write(text + "\n")
-    else:
-        Path(out).write_text(text + "\n")

@@ -69,6 +69,24 @@ class Store:
         """Committed runs, in commit order."""
         return self._reader.runs
 
+    def resolve_run(self, run: str | None = None) -> str:
+        """``run`` itself, or the store's only run when ``run`` is None.
+
+        Raises
+        ------
+        RunNotFoundError
+            ``run`` is not a committed run of the store.
+        ConfigError
+            ``run`` is None and the store has no run or several.
+        """
+        if run is not None:
+            self._run(run)
+            return run
+        runs = self.runs
+        if len(runs) != 1:
+            raise ConfigError(f"store has runs {', '.join(runs) or 'none'}; pick one with --run")
+        return runs[0]
+
     def _run(self, run: str) -> RunReader:
         return self._reader.run(run)
 
@@ -118,6 +136,31 @@ class Store:
         elif params is not None:
             raise ConfigError("params are only used when rows is a SQL query string")
         return as_row_array(rows, run.n_rows, f"run {run.name!r}")
+
+    def token_columns(self, run: str, *columns: str) -> dict[str, npt.NDArray[Any]]:
+        """Whole columns of ``run``'s token table, in row order (index = row id).
+
+        The one place analyses read per-row token metadata (``token_id``, ``doc_id``,
+        ``special``, ``pos``, ``start``, ``end``).
+
+        Raises
+        ------
+        ConfigError
+            A column that the tokens table does not have.
+        RunNotFoundError
+            No committed run ``run``.
+        """
+        from actstore.store.format import TOKENS_COLUMNS
+
+        bad = [c for c in columns if c not in TOKENS_COLUMNS]
+        if bad or not columns:
+            raise ConfigError(
+                f"tokens columns must be among {', '.join(TOKENS_COLUMNS)}, got {list(columns)}"
+            )
+        self._run(run)
+        cols = ", ".join(f'"{c}"' for c in columns)
+        got = self.sql(f"SELECT {cols} FROM tokens WHERE run = ? ORDER BY row", [run]).fetchnumpy()
+        return {c: np.asarray(got[c]) for c in columns}
 
     # -- vectors ---------------------------------------------------------------------------
 
@@ -261,18 +304,11 @@ class Store:
                 raise ConfigError("centroid of an empty row selection is undefined")
             return self._mean(r, site, ids, d)
         if token is not None:
-            tids = select.token_ids(r, token, "exact")
-            if not len(tids):
-                tids = select.token_ids(r, token, "stripped")
+            tids = select.require_token_ids(r, token)
             what = f"token {token!r}"
         else:
             tids = np.asarray([int(token_id)], np.int32)  # type: ignore[arg-type]
             what = f"token_id {token_id}"
-        if not len(tids):
-            raise TokenNotFoundError(
-                f"{what} is not in the vocabulary of run {run!r}; "
-                "look it up with SELECT * FROM vocab WHERE run = ? AND token ILIKE ?"
-            )
         if site in r.centroid_sites:
             sums, counts = r.centroid_sums(site)
             if int(tids.max()) < len(counts):
@@ -330,9 +366,9 @@ class Store:
         ConfigError
             Unknown file suffix, or ``out`` inside the store (which is read-only).
         """
-        out = Path(out)
-        if out.resolve().is_relative_to(self.path.resolve()):
-            raise ConfigError(f"{out} is inside the store, which is read-only; pick a path outside")
+        from actstore.query.export import check_outside, write_npy, write_vectors_parquet
+
+        out = check_outside(out, self.path)
         suffix = out.suffix.lower()
         if suffix not in (".npy", ".parquet"):
             raise ConfigError(f"export writes .npy or .parquet, got {out.name!r}")
@@ -346,27 +382,22 @@ class Store:
         n = r.n_rows if ids is None else len(ids)
         blocks = self.iter_vectors(run, site, ids, batch_rows=batch_rows, dtype=np_dtype)
         if suffix == ".npy":
-            mm = np.lib.format.open_memmap(out, mode="w+", dtype=np_dtype, shape=(n, info["d"]))
-            at = 0
-            for block_rows, x in blocks:
-                mm[at : at + len(block_rows)] = x
-                at += len(block_rows)
-            mm.flush()
-            del mm
-            return n
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        value = pa.float32() if np_dtype == np.float32 else pa.float16()
-        schema = pa.schema([("row", pa.int64()), ("vector", pa.list_(value, info["d"]))])
-        with pq.ParquetWriter(out, schema) as writer:
-            for block_rows, x in blocks:
-                flat = pa.array(np.ascontiguousarray(x).reshape(-1), value)
-                vec = pa.FixedSizeListArray.from_arrays(flat, info["d"])
-                writer.write_table(pa.table([pa.array(block_rows), vec], schema=schema))
-        return n
+            return write_npy(out, (n, info["d"]), np_dtype, (x for _, x in blocks))
+        return write_vectors_parquet(out, info["d"], np_dtype, blocks)
 
     # -- selections ------------------------------------------------------------------------
+
+    def token_ids(self, run: str, token: str, match: Match = "auto") -> npt.NDArray[np.int32]:
+        """Vocabulary ids of ``run`` whose decoded string matches ``token`` (see
+        :func:`actstore.query.select.token_ids` for ``match``; default: exact, else
+        ignoring surrounding whitespace).
+
+        Raises
+        ------
+        TokenNotFoundError
+            Nothing in the vocabulary matches.
+        """
+        return select.require_token_ids(self._run(run), token, match)
 
     def rows_of_token(self, run: str, token: str, match: Match = "exact") -> npt.NDArray[np.int64]:
         """Sorted rows of ``run`` whose token matches ``token`` (see

@@ -15,6 +15,9 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
+    "RESULTS_DIR",
+    "RESULT_META",
+    "RESULT_TABLE",
     "TOKENS_COLUMNS",
     "ManifestJSON",
     "ManifestRunJSON",
@@ -32,6 +35,10 @@ FORMAT_NAME = "actstore"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "actstore.json"
 ARRAYS_DIR = "arrays"
+#: ``results/<name>/``: a saved analysis result (table, meta.json, arrays/*.npy).
+RESULTS_DIR = "results"
+RESULT_TABLE = "result.parquet"
+RESULT_META = "meta.json"
 
 StorageDType = Literal["float32", "float16", "bfloat16"]
 

@@ -277,14 +277,9 @@ class StoreReader:
 
     def result_files(self) -> dict[str, Path]:
         """Saved results: ``results/<name>/result.parquet`` by name."""
-        root = self.path / "results"
-        if not root.is_dir():
-            return {}
-        return {
-            d.name: d / "result.parquet"
-            for d in sorted(root.iterdir())
-            if (d / "result.parquet").is_file()
-        }
+        from actstore.store.results import result_tables
+
+        return result_tables(self.path)
 
     def close(self) -> None:
         """Drop the memory maps and cached runs."""

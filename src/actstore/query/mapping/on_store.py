@@ -12,11 +12,13 @@ import numpy as np
 import numpy.typing as npt
 
 from actstore.errors import ConfigError, MappingError
-from actstore.query.linmaps import LinearMap, identity_map, procrustes_map, reduced_rank_map
-from actstore.query.mapmetrics import Head, MetricsAccumulator, identity_metrics
-from actstore.query.ridge import Backend, RidgeStats, check_alphas
-from actstore.query.ridgecv import RidgeMap
-from actstore.query.split import balanced_split, doc_split
+from actstore.query._backend import Backend
+from actstore.query.head import Head
+from actstore.query.mapping.linmaps import LinearMap, identity_map, procrustes_map, reduced_rank_map
+from actstore.query.mapping.metrics import MetricsAccumulator, identity_metrics
+from actstore.query.mapping.ridge import RidgeStats, check_alphas
+from actstore.query.mapping.ridgecv import RidgeMap
+from actstore.query.mapping.split import balanced_split, doc_split
 from actstore.query.store import Store
 
 __all__ = [
@@ -148,9 +150,7 @@ class FittedMap:
 
 
 def _token_table(store: Store, run: str) -> tuple[I64, I64, npt.NDArray[np.bool_]]:
-    t = store.sql(
-        "SELECT token_id, doc_id, special FROM tokens WHERE run = ? ORDER BY row", [run]
-    ).fetchnumpy()
+    t = store.token_columns(run, "token_id", "doc_id", "special")
     return (
         np.asarray(t["token_id"], np.int64),
         np.asarray(t["doc_id"], np.int64),
@@ -230,8 +230,16 @@ def _split(rows: PairRows, cfg: MapConfig) -> tuple[I64, I64]:
     return np.arange(len(rows.x), dtype=np.int64), np.zeros(0, np.int64)
 
 
-def fit_map(store: Store, spec: PairSpec, config: MapConfig | None = None) -> FittedMap:
-    """Fit a map on the training split of ``spec``'s rows and score it on train and val.
+def fit_map(
+    store: Store,
+    spec: PairSpec,
+    config: MapConfig | None = None,
+    *,
+    save: str | None = None,
+    overwrite: bool = True,
+) -> FittedMap:
+    """Fit a map on the training split of ``spec``'s rows and score it on train and val;
+    with ``save=NAME`` also save it as result ``NAME`` (see :func:`save_map`).
 
     Returns
     -------
@@ -264,7 +272,7 @@ def fit_map(store: Store, spec: PairSpec, config: MapConfig | None = None) -> Fi
         if rm.cv_errors_ is not None:
             arrays["cv_errors"] = rm.cv_errors_
         if cfg.method == "kl":
-            from actstore.query.klmap import fit_kl_map
+            from actstore.query.mapping.klmap import fit_kl_map
 
             head = Head.from_store(store, spec.run_y, norm=cfg.head_norm)
             lm = fit_kl_map(
@@ -296,7 +304,10 @@ def fit_map(store: Store, spec: PairSpec, config: MapConfig | None = None) -> Fi
             store, fitted, rows=val, per_dim=True, head=hd, head_norm=cfg.head_norm
         )
         arrays["r2_per_dim_val"] = np.asarray(metrics["val"].pop("r2_per_dim"))
-    return replace(fitted, metrics=metrics)
+    fitted = replace(fitted, metrics=metrics)
+    if save is not None:
+        save_map(store.path, save, fitted, overwrite=overwrite)
+    return fitted
 
 
 def evaluate_map(
@@ -338,7 +349,9 @@ def evaluate_map(
     return acc.result(per_dim)
 
 
-def save_map(store_path: str | Path, name: str, fitted: FittedMap) -> Path:
+def save_map(
+    store_path: str | Path, name: str, fitted: FittedMap, *, overwrite: bool = True
+) -> Path:
     """Save ``fitted`` as result ``name``: arrays ``coef`` (d, m), ``intercept`` (m,) and
     extras; the metrics table has one row per split; meta holds spec, config and map info."""
     import pyarrow as pa
@@ -359,7 +372,12 @@ def save_map(store_path: str | Path, name: str, fitted: FittedMap) -> Path:
     }
     arrays = {"coef": fitted.map.coef, "intercept": fitted.map.intercept, **fitted.arrays}
     return write_result(
-        store_path, name, pa.Table.from_pylist(table_rows), meta=meta, arrays=arrays
+        store_path,
+        name,
+        pa.Table.from_pylist(table_rows),
+        meta=meta,
+        arrays=arrays,
+        overwrite=overwrite,
     )
 
 
@@ -384,3 +402,56 @@ def load_map(store_path: str | Path, name: str) -> FittedMap:
     metrics = {str(r.pop("split")): r for r in table.to_pylist()}
     extras = {k: np.array(v) for k, v in arrays.items() if k not in ("coef", "intercept")}
     return FittedMap(lm, PairSpec(**meta["spec"]), MapConfig(**cfg), metrics, extras)
+
+
+def apply_map(
+    store: Store,
+    name: str,
+    out: str | Path,
+    *,
+    rows: str | None = None,
+    vectors: str | Path | None = None,
+) -> tuple[int, int]:
+    """Apply saved map ``name`` and write the predictions as a float32 ``.npy`` at ``out``.
+
+    Parameters
+    ----------
+    store : Store
+    name : str
+        A map saved by :func:`save_map`.
+    out : path
+        A ``.npy`` outside the store.
+    rows : str, optional
+        SQL selecting the X rows (default: the map's own rows).
+    vectors : path, optional
+        A ``.npy`` of shape (n, d) to map instead of store rows.
+
+    Returns
+    -------
+    tuple of int
+        The shape ``(n, m)`` written.
+
+    Raises
+    ------
+    ConfigError
+        ``out`` is not a ``.npy`` or lies inside the store.
+    """
+    from actstore.query.export import check_outside, write_npy
+
+    path = check_outside(out, store.path)
+    if path.suffix != ".npy":
+        raise ConfigError(f"--out must be a .npy file, got {path.name!r}")
+    fitted = load_map(store.path, name)
+    m = fitted.map.coef.shape[1]
+    if vectors is not None:
+        y = fitted.predict(np.load(vectors)).astype(np.float32)
+        np.save(path, y)
+        return len(y), m
+    spec = replace(fitted.spec, y=fitted.spec.x, y_run=None, y_rows=None)
+    if rows is not None:
+        spec = replace(spec, rows=rows)
+    pairs = pair_rows(store, spec)
+    blocks = (
+        fitted.predict(x) for x, _ in iter_pairs(store, spec, pairs, fitted.config.batch_rows)
+    )
+    return write_npy(path, (len(pairs.x), m), np.float32, blocks), m

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from actstore.errors import ConfigError, MatrixNotFoundError
+from actstore.errors import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from actstore.query.store import Store
 
-__all__ = ["apply_head", "logit_lens", "nearest", "nearest_tokens", "top_tokens"]
+__all__ = ["logit_lens", "nearest", "nearest_tokens", "top_tokens"]
 
 F32 = npt.NDArray[np.float32]
 Metric = Literal["cosine", "euclidean"]
@@ -106,75 +106,11 @@ def nearest_tokens(
     return ids_out, (-scores if metric == "cosine" else scores).astype(np.float32)
 
 
-def apply_head(
-    H: npt.ArrayLike,
-    unembed: npt.ArrayLike,
-    *,
-    norm: dict[str, Any] | None = None,
-    weight: npt.ArrayLike | None = None,
-    bias: npt.ArrayLike | None = None,
-    unembed_bias: npt.ArrayLike | None = None,
-) -> F32:
-    """Logits of hidden states through a final norm and an unembedding.
-
-    Parameters
-    ----------
-    H : array_like of shape (n, d)
-    unembed : array_like of shape (vocab, d)
-    norm : dict or None
-        ``{"type": "LayerNorm" | "RMSNorm", "eps": float}`` (run.json ``head.final_norm``);
-        None applies no norm.
-    weight, bias : array_like of shape (d,), optional
-        Final norm parameters.
-    unembed_bias : array_like of shape (vocab,), optional
-
-    Returns
-    -------
-    ndarray of shape (n, vocab), float32
-
-    Raises
-    ------
-    ConfigError
-        A norm type other than LayerNorm / RMSNorm.
-
-    Examples
-    --------
-    >>> apply_head([[1.0, 3.0]], np.eye(2), norm={"type": "LayerNorm", "eps": 0.0}).tolist()
-    [[-1.0, 1.0]]
-    """
-    X = np.atleast_2d(np.asarray(H, np.float64))
-    if norm is not None:
-        eps = float(norm.get("eps") or 0.0)
-        kind = norm.get("type")
-        if kind == "LayerNorm":
-            X = X - X.mean(1, keepdims=True)
-            X = X / np.sqrt((X * X).mean(1, keepdims=True) + eps)
-        elif kind == "RMSNorm":
-            X = X / np.sqrt((X * X).mean(1, keepdims=True) + eps)
-        else:
-            raise ConfigError(
-                f"final norm type {kind!r} is not supported offline (expected LayerNorm or "
-                "RMSNorm); apply the head yourself with store.matrix(...)"
-            )
-        if weight is not None:
-            X = X * np.asarray(weight, np.float64)
-        if bias is not None:
-            X = X + np.asarray(bias, np.float64)
-    logits = X.astype(np.float32) @ np.asarray(unembed, np.float32).T
-    if unembed_bias is not None:
-        logits = logits + np.asarray(unembed_bias, np.float32)
-    return np.asarray(logits, np.float32)
-
-
-def _matrices(store: Store, run: str) -> dict[str, Any]:
-    return dict(store.run_info(run).get("matrices") or {})
-
-
 def logit_lens(store: Store, run: str, site: str, rows: Any) -> F32:
     """Logits of the stored ``site`` vectors at ``rows`` through the run's stored head.
 
     The final norm is applied to every site except the last ``hidden.L``, which already
-    includes it (see docs/format.md).
+    includes it (see docs/format.md); the head is :class:`actstore.query.head.Head`.
 
     Returns
     -------
@@ -185,30 +121,10 @@ def logit_lens(store: Store, run: str, site: str, rows: Any) -> F32:
     MatrixNotFoundError
         The run stored no ``unembed`` (e.g. an encoder such as BERT).
     """
-    mats = _matrices(store, run)
-    if "unembed" not in mats:
-        raise MatrixNotFoundError(
-            f"run {run!r} has no 'unembed' matrix (has {', '.join(sorted(mats)) or 'none'}); "
-            "the logit lens needs a model with an output head"
-        )
-    H = store.vectors(run, site, rows, dtype=np.float32)
-    head = store.run_info(run).get("head") or {}
-    hidden = [int(s.split(".")[1]) for s in store.sites(run) if s.startswith("hidden.")]
-    n_layers = (store.run_info(run).get("model") or {}).get("n_layers", max(hidden, default=-1))
-    last = site == f"hidden.{n_layers}"
-    norm = None if last else head.get("final_norm")
+    from actstore.query.head import Head
 
-    def opt(name: str) -> F32 | None:
-        return store.matrix(run, name) if name in mats else None
-
-    return apply_head(
-        H,
-        store.matrix(run, "unembed"),
-        norm=norm,
-        weight=opt("final_norm.weight") if norm else None,
-        bias=opt("final_norm.bias") if norm else None,
-        unembed_bias=opt("unembed.bias"),
-    )
+    head = Head.from_store(store, run, site=site)
+    return head.logits(store.vectors(run, site, rows, dtype=np.float32))
 
 
 def _decode(store: Store, run: str, ids: npt.NDArray[np.int64]) -> list[str]:

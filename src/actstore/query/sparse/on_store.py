@@ -17,12 +17,13 @@ import numpy as np
 import numpy.typing as npt
 
 from actstore.errors import ConfigError
-from actstore.query.dictlearn import DictionaryLearner, DictLearnConfig
+from actstore.query._backend import Backend
 from actstore.query.results import read_result, write_result
 from actstore.query.rowstream import ArraySource, RowSource, StoreSource
-from actstore.query.sae import SAEConfig, TopKSAE
-from actstore.query.sparse import Backend, codes_table, lasso, omp, reconstruct
-from actstore.query.sparse_metrics import sparse_metrics
+from actstore.query.sparse.dictlearn import DictionaryLearner, DictLearnConfig
+from actstore.query.sparse.metrics import sparse_metrics
+from actstore.query.sparse.pursuit import codes_table, lasso, omp, reconstruct
+from actstore.query.sparse.sae import SAEConfig, TopKSAE
 from actstore.query.store import Store
 
 __all__ = [
@@ -105,9 +106,7 @@ def _own_atoms(
         )
     if source in MATRICES:
         return ids
-    q = "SELECT row, token_id FROM tokens WHERE run = ? ORDER BY row"
-    tok = s.sql(q, [run]).fetchnumpy()
-    lookup = np.asarray(tok["token_id"], np.int64)
+    lookup = s.token_columns(run, "token_id")["token_id"].astype(np.int64)
     return lookup[ids]
 
 

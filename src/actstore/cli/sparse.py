@@ -8,38 +8,21 @@ back. Every subcommand prints JSON with ``--json``.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from actstore.cli._common import (
+    add_dataclass_options,
+    add_store_args,
+    dataclass_values,
+    emit,
+    run_name,
+)
 from actstore.errors import ConfigError
 
 __all__ = ["add_commands"]
 
 
-def _run(args: argparse.Namespace) -> str:
-    from actstore.query.store import Store
-
-    if args.run:
-        return str(args.run)
-    with Store(args.store) as s:
-        if len(s.runs) != 1:
-            raise ConfigError(f"store has runs {', '.join(s.runs) or 'none'}; pick one with --run")
-        return s.runs[0]
-
-
-def _print(args: argparse.Namespace, out: dict[str, Any]) -> None:
-    if args.json:
-        print(json.dumps(out, indent=2, default=str))
-        return
-    for key, value in out.items():
-        if isinstance(value, dict):
-            for k2, v2 in value.items():
-                print(f"{key}.{k2}: {v2:.6g}" if isinstance(v2, float) else f"{key}.{k2}: {v2}")
-        else:
-            print(f"{key}: {value}")
-
-
-def _report(args: argparse.Namespace, res: Any) -> int:
+def _report(args: argparse.Namespace, res: Any) -> None:
     out = {
         "name": res.name,
         "run": res.meta["run"],
@@ -49,16 +32,16 @@ def _report(args: argparse.Namespace, res: Any) -> int:
         "nnz": int(res.codes.nnz),
         "metrics": res.metrics,
     }
-    _print(args, out)
-    return 0
+    emit(args, out)
 
 
-def _cmd_encode(args: argparse.Namespace) -> int:
-    from actstore.query.sparse_store import encode_store
+def _cmd_encode(args: argparse.Namespace) -> None:
+    from actstore.query.sparse.on_store import encode_store
 
+    run = run_name(args)
     res = encode_store(
         args.store,
-        _run(args),
+        run,
         args.source,
         name=args.name,
         dictionary=args.dictionary,
@@ -72,27 +55,18 @@ def _cmd_encode(args: argparse.Namespace) -> int:
         device=args.device,
         window=args.window,
     )
-    return _report(args, res)
+    _report(args, res)
 
 
-def _cmd_learn(args: argparse.Namespace) -> int:
-    from actstore.query.dictlearn import DictLearnConfig
-    from actstore.query.sparse_store import learn_store
+def _cmd_learn(args: argparse.Namespace) -> None:
+    from actstore.query.sparse.dictlearn import DictLearnConfig
+    from actstore.query.sparse.on_store import learn_store
 
-    cfg = DictLearnConfig(
-        n_atoms=args.atoms,
-        k=args.k,
-        lam=args.lam,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        max_batches=args.max_batches,
-        seed=args.seed,
-        backend=args.backend,
-        device=args.device,
-    )
+    run = run_name(args)
+    cfg = DictLearnConfig(**dataclass_values(args, DictLearnConfig))
     res = learn_store(
         args.store,
-        _run(args),
+        run,
         args.source,
         cfg,
         name=args.name,
@@ -100,40 +74,24 @@ def _cmd_learn(args: argparse.Namespace) -> int:
         init=args.init,
         window=args.window,
     )
-    return _report(args, res)
+    _report(args, res)
 
 
-def _cmd_sae(args: argparse.Namespace) -> int:
-    from actstore.query.sae import SAEConfig
-    from actstore.query.sparse_store import sae_store
+def _cmd_sae(args: argparse.Namespace) -> None:
+    from actstore.query.sparse.on_store import sae_store
+    from actstore.query.sparse.sae import SAEConfig
 
-    cfg = SAEConfig(
-        n_latents=args.latents,
-        k=args.k,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        lr=args.lr,
-        seed=args.seed,
-        aux_k=args.aux_k,
-        device=args.device,
-        checkpoint_dir=args.checkpoint_dir,
-        progress=args.progress,
-    )
+    run = run_name(args)
+    cfg = SAEConfig(**dataclass_values(args, SAEConfig))
     res = sae_store(
-        args.store,
-        _run(args),
-        args.source,
-        cfg,
-        name=args.name,
-        rows=args.rows,
-        window=args.window,
+        args.store, run, args.source, cfg, name=args.name, rows=args.rows, window=args.window
     )
-    return _report(args, res)
+    _report(args, res)
 
 
-def _cmd_atoms(args: argparse.Namespace) -> int:
+def _cmd_atoms(args: argparse.Namespace) -> None:
     from actstore.query.results import read_result
-    from actstore.query.sparse_atoms import atom_map, atom_nearest_tokens, atom_top_rows
+    from actstore.query.sparse.atoms import atom_map, atom_nearest_tokens, atom_top_rows
     from actstore.query.store import Store
 
     _, meta, arrays = read_result(args.store, args.result)
@@ -153,37 +111,29 @@ def _cmd_atoms(args: argparse.Namespace) -> int:
             out["nearest"] = df.to_dict("records")
         if args.map:
             out["map"] = str(atom_map(D, args.map, method=args.method, title=args.result))
-    if args.json:
-        print(json.dumps(out, indent=2, default=str))
-        return 0
-    for key, value in out.items():
-        if isinstance(value, list):
-            print(f"{key}:")
-            for line in value:
-                print("  " + ", ".join(f"{k}={v}" for k, v in line.items()))
-        elif isinstance(value, dict):
-            for atom, lines in value.items():
-                print(f"{key} atom {atom}:")
-                for line in lines:
-                    print("  " + ", ".join(f"{k}={v}" for k, v in line.items()))
-        else:
-            print(f"{key}: {value}")
-    return 0
+    emit(args, out)
 
 
 def _common(p: argparse.ArgumentParser, *, source: bool = True) -> None:
-    p.add_argument("store", help="the store directory")
-    p.add_argument("--run", default=None, help="run name (default: the only run)")
+    add_store_args(p)
     if source:
-        p.add_argument("--source", default="embed", help="embed, unembed, or a site (hidden.6)")
+        p.add_argument(
+            "--source",
+            default="embed",
+            help="embed, unembed, or a site such as hidden.6 (default: embed)",
+        )
         p.add_argument("--rows", default=None, help="SQL selecting rows (or token ids)")
         p.add_argument("--name", required=True, help="result name (also the SQL view name)")
-        p.add_argument("--window", type=int, default=None, help="dead-atom window (rows)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument(
+            "--window", type=int, default=None, help="rows of the dead-atom window (default: all)"
+        )
 
 
 def add_commands(subparsers: Any) -> None:
     """Register ``sparse`` with its subcommands ``encode``, ``learn``, ``sae``, ``atoms``."""
+    from actstore.query.sparse.dictlearn import DictLearnConfig
+    from actstore.query.sparse.sae import SAEConfig
+
     top = subparsers.add_parser("sparse", help="sparse coding: encode, learn, sae, atoms")
     sub = top.add_subparsers(dest="sparse_command", required=True)
 
@@ -201,30 +151,13 @@ def add_commands(subparsers: Any) -> None:
 
     p = sub.add_parser("learn", help="mini-batch dictionary learning streamed from the store")
     _common(p)
-    p.add_argument("--atoms", type=int, required=True, help="number of atoms")
-    p.add_argument("--k", type=int, default=None, help="non-zeros per row (OMP coding)")
-    p.add_argument("--lam", type=float, default=None, help="lambda (Lasso coding)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--max-batches", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default=None, help="warm start from this sparse result")
-    p.add_argument("--backend", choices=["numpy", "torch"], default="numpy")
-    p.add_argument("--device", default=None, help="torch device (cuda)")
+    add_dataclass_options(p, DictLearnConfig, aliases={"n_atoms": ["--atoms"]})
     p.set_defaults(func=_cmd_learn)
 
     p = sub.add_parser("sae", help="train a TopK sparse autoencoder streamed from the store")
     _common(p)
-    p.add_argument("--latents", type=int, required=True, help="number of latents")
-    p.add_argument("--k", type=int, default=32, help="active latents per row")
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--aux-k", type=int, default=256, help="dead latents in the aux loss")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if present)")
-    p.add_argument("--checkpoint-dir", default=None)
-    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    add_dataclass_options(p, SAEConfig, aliases={"n_latents": ["--latents"]})
     p.set_defaults(func=_cmd_sae)
 
     p = sub.add_parser("atoms", help="inspect a sparse result's atoms")

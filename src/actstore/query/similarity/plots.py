@@ -10,7 +10,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-    from actstore.query.similarity import PairwiseStats
+    from actstore.query.similarity.pairwise import PairwiseStats
 
 __all__ = ["plot_anisotropy", "plot_heatmap", "plot_histograms", "plot_matrices"]
 

@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from actstore.errors import ConfigError
+from actstore.query._backend import torch_device
 from actstore.query.rowstream import as_source, shuffled_batches
 
 __all__ = ["SAEConfig", "TopKSAE"]
@@ -96,10 +97,7 @@ class TopKSAE:
         self.config = config
 
     def _device(self) -> Any:
-        import torch
-
-        dev = self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(dev)
+        return torch_device(self.config.device)
 
     def _init(self, d: int, first: npt.NDArray[np.float32]) -> dict[str, Any]:
         import torch

@@ -15,7 +15,7 @@ vocabulary is encoded against itself). Codes come back as a ``scipy.sparse.csr_a
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,22 +23,9 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from actstore.errors import ConfigError
+from actstore.query._backend import Backend, xp_for
 
-__all__ = ["Backend", "codes_table", "lasso", "omp", "reconstruct", "xp_for"]
-
-Backend = Literal["numpy", "torch"]
-
-
-def xp_for(backend: Backend, device: str | None = None) -> tuple[Any, Any]:
-    """The array module (``numpy`` or ``torch``) and a function moving NumPy arrays onto it."""
-    if backend == "numpy":
-        return np, np.asarray
-    if backend != "torch":
-        raise ConfigError(f"backend must be 'numpy' or 'torch', got {backend!r}")
-    import torch
-
-    dev = torch.device(device or "cpu")
-    return torch, lambda a: torch.as_tensor(np.ascontiguousarray(a), device=dev)
+__all__ = ["codes_table", "lasso", "omp", "reconstruct"]
 
 
 def _to_numpy(a: Any) -> npt.NDArray[Any]:

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from actstore.errors import ConfigError, TokenNotFoundError
-from actstore.query.similarity import unit_rows
+from actstore.errors import ConfigError
+from actstore.query.similarity.pairwise import unit_rows
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -22,7 +22,6 @@ __all__ = [
     "sink_pairs",
     "sink_scan",
     "token_centroids",
-    "vocab_ids",
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -49,26 +48,6 @@ def cosine_matrix(A: npt.ArrayLike, B: npt.ArrayLike | None = None) -> F32:
     return np.asarray(Ua @ (Ua if B is None else unit_rows(B)).T, np.float32)
 
 
-def vocab_ids(store: Store, run: str, token: str) -> list[int]:
-    """Vocabulary ids whose decoded string is ``token`` (exact, else ignoring whitespace).
-
-    Raises
-    ------
-    TokenNotFoundError
-        No vocabulary entry matches.
-    """
-    for cond in ("token = ?", "trim(token) = trim(?)"):
-        ids = store.sql(
-            f"SELECT token_id FROM vocab WHERE run = ? AND {cond} ORDER BY token_id", [run, token]
-        ).first_column()
-        if len(ids):
-            return [int(i) for i in ids]
-    raise TokenNotFoundError(
-        f"token {token!r} is not in the vocabulary of run {run!r}; "
-        "look it up with SELECT * FROM vocab WHERE run = ? AND token ILIKE ?"
-    )
-
-
 def token_centroids(
     store: Store, run: str, site: str, *, batch_rows: int = 65536
 ) -> tuple[F32, npt.NDArray[np.int64]]:
@@ -83,8 +62,7 @@ def token_centroids(
     """
     import scipy.sparse as sp
 
-    tok = store.sql("SELECT token_id FROM tokens WHERE run = ? ORDER BY row", [run]).first_column()
-    tok = np.asarray(tok, np.int64)
+    tok = store.token_columns(run, "token_id")["token_id"].astype(np.int64)
     n_vocab = int(store.run_info(run).get("vocab_size") or 0)
     n_vocab = max(n_vocab, int(tok.max()) + 1 if len(tok) else 0)
     sums: npt.NDArray[np.float64] | None = None
@@ -129,7 +107,7 @@ def centroid_similarity(
 
     if len(tokens) < 2:
         raise ConfigError(f"centroid similarity needs at least 2 tokens, got {len(tokens)}")
-    ids = [vocab_ids(store, run, t) for t in tokens]
+    ids = [store.token_ids(run, t).tolist() for t in tokens]
     C = np.stack([store.centroid(run, site, token=t) for t in tokens])
     mats = {"centroid": cosine_matrix(C)}
     names = store.run_info(run).get("matrices", {})

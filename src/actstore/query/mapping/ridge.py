@@ -3,23 +3,22 @@
 The data enter only through ``XᵀX``, ``XᵀY``, column sums and per-target sums of squares,
 accumulated in float64 block by block, so the number of rows can exceed memory. One
 eigendecomposition of the centered ``XᵀX`` then gives the coefficients and the GCV error of
-every alpha (leave-one-out and k-fold: :mod:`actstore.query.ridgecv`).
+every alpha (leave-one-out and k-fold: :mod:`actstore.query.mapping.ridgecv`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from actstore.errors import ConfigError, MappingError
+from actstore.query._backend import Backend, check_backend, torch_device
 
-__all__ = ["Backend", "RidgeEigen", "RidgeStats", "as_pair", "check_alphas"]
+__all__ = ["RidgeEigen", "RidgeStats", "as_pair", "check_alphas"]
 
-Backend = Literal["numpy", "torch"]
 F64 = npt.NDArray[np.float64]
 
 
@@ -51,12 +50,11 @@ def _grams(x: F64, y: F64, backend: Backend) -> tuple[F64, F64]:
     if backend == "torch":
         import torch
 
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = torch_device()
         tx = torch.as_tensor(np.ascontiguousarray(x)).to(dev, torch.float64)
         ty = torch.as_tensor(np.ascontiguousarray(y)).to(dev, torch.float64)
         return (tx.T @ tx).cpu().numpy(), (tx.T @ ty).cpu().numpy()
-    if backend != "numpy":
-        raise ConfigError(f"backend must be 'numpy' or 'torch', got {backend!r}")
+    check_backend(backend)
     x64, y64 = x.astype(np.float64, copy=False), y.astype(np.float64, copy=False)
     return x64.T @ x64, x64.T @ y64
 

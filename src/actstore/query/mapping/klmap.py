@@ -10,8 +10,9 @@ import numpy as np
 import numpy.typing as npt
 
 from actstore.errors import ConfigError, MappingError
-from actstore.query.linmaps import LinearMap
-from actstore.query.mapmetrics import Head
+from actstore.query._backend import torch_device
+from actstore.query.head import Head
+from actstore.query.mapping.linmaps import LinearMap
 
 if TYPE_CHECKING:
     import torch
@@ -19,23 +20,6 @@ if TYPE_CHECKING:
 __all__ = ["fit_kl_map"]
 
 Blocks = Callable[[], Iterable[tuple[npt.NDArray[Any], npt.NDArray[Any]]]]
-
-
-def _torch_log_probs(head: Head, h: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-    import torch
-
-    if head.norm_type == "LayerNorm":
-        h = torch.nn.functional.layer_norm(h, h.shape[-1:], eps=head.eps)
-    elif head.norm_type == "RMSNorm":
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + head.eps)
-    if "norm_weight" in params:
-        h = h * params["norm_weight"]
-    if "norm_bias" in params:
-        h = h + params["norm_bias"]
-    z = h @ params["unembed"].T
-    if "bias" in params:
-        z = z + params["bias"]
-    return torch.log_softmax(z, -1)
 
 
 def fit_kl_map(
@@ -86,14 +70,9 @@ def fit_kl_map(
             f"need epochs >= 1, batch_rows >= 1, lr > 0, mse_weight >= 0; got {epochs}, "
             f"{batch_rows}, {lr}, {mse_weight}"
         )
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch_device(device)
     gen = torch.Generator().manual_seed(seed)
-    names = ("unembed", "bias", "norm_weight", "norm_bias")
-    params = {
-        k: torch.as_tensor(np.asarray(v, np.float32), device=dev)
-        for k in names
-        if (v := getattr(head, k)) is not None
-    }
+    params = head.torch_params(dev)
     m = params["unembed"].shape[1]
     w: torch.Tensor | None = None
     b: torch.Tensor | None = None
@@ -117,8 +96,8 @@ def fit_kl_map(
                 xi, yi = x[idx.to(dev)], y[idx.to(dev)]
                 pred = xi @ w + b
                 with torch.no_grad():
-                    lt = _torch_log_probs(head, yi, params)
-                lp = _torch_log_probs(head, pred, params)
+                    lt = head.torch_log_probs(yi, params)
+                lp = head.torch_log_probs(pred, params)
                 kl = (lt.exp() * (lt - lp)).sum(-1).mean()
                 loss = kl + mse_weight * (pred - yi).pow(2).mean() if mse_weight else kl
                 opt.zero_grad()

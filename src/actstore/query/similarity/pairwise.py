@@ -357,10 +357,15 @@ def anisotropy_by_layer(
     sites = sites or [s for s in store.sites(run) if s.startswith("hidden.")]
     for site in sites:
         store.vectors(run, site, [])  # validates run and site, with the store's message
-    tokens = store.sql(
-        "SELECT row, doc_id, token_id FROM tokens WHERE run = ? AND NOT special ORDER BY row",
-        [run],
-    ).df()
+    cols = store.token_columns(run, "doc_id", "token_id", "special")
+    keep_rows = np.flatnonzero(~cols["special"])
+    tokens = pd.DataFrame(
+        {
+            "row": keep_rows,
+            "doc_id": cols["doc_id"][keep_rows],
+            "token_id": cols["token_id"][keep_rows],
+        }
+    )
     if len(tokens) < 2:
         raise ConfigError(f"run {run!r} has {len(tokens)} non-special rows; need at least 2")
     docs = tokens.doc_id.unique()

@@ -3,7 +3,6 @@ agreement of next-token distributions through a run's stored head."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,9 +11,9 @@ import numpy.typing as npt
 from actstore.errors import MappingError
 
 if TYPE_CHECKING:
-    from actstore.query.store import Store
+    from actstore.query.head import Head
 
-__all__ = ["Head", "MetricsAccumulator", "identity_metrics", "regression_metrics"]
+__all__ = ["MetricsAccumulator", "identity_metrics", "regression_metrics"]
 
 F64 = npt.NDArray[np.float64]
 
@@ -115,58 +114,3 @@ def identity_metrics(W: npt.ArrayLike) -> dict[str, float]:
         "diag_std": float(dg.std()),
         "offdiag_energy": float((total - (dg**2).sum()) / total) if total > 0 else 0.0,
     }
-
-
-@dataclass(frozen=True)
-class Head:
-    """A run's output head, offline: optional final norm, then ``unembed`` (+ bias).
-
-    ``hidden.L`` is stored after the final norm (see docs/format.md), so ``norm`` is only
-    for earlier layers (a logit lens).
-    """
-
-    unembed: npt.NDArray[np.float32]
-    bias: npt.NDArray[np.float32] | None = None
-    norm_type: str | None = None
-    norm_weight: npt.NDArray[np.float32] | None = None
-    norm_bias: npt.NDArray[np.float32] | None = None
-    eps: float = 1e-5
-
-    @classmethod
-    def from_store(cls, store: Store, run: str, *, norm: bool = False) -> Head:
-        """The head of ``run``; ``norm`` also applies the stored final norm first."""
-        info = store.run_info(run).get("head") or {}
-        if not info.get("has_unembed"):
-            raise MappingError(
-                f"run {run!r} stored no output head (unembed); head metrics need a causal LM run"
-            )
-        bias = store.matrix(run, "unembed.bias") if info.get("has_unembed_bias") else None
-        fn = info.get("final_norm") if norm else None
-        if not fn:
-            return cls(store.matrix(run, "unembed"), bias)
-        nb = store.matrix(run, "final_norm.bias") if fn["type"] == "LayerNorm" else None
-        return cls(
-            store.matrix(run, "unembed"),
-            bias,
-            fn["type"],
-            store.matrix(run, "final_norm.weight"),
-            nb,
-            float(fn.get("eps") or 1e-5),
-        )
-
-    def log_probs(self, H: npt.ArrayLike) -> F64:
-        """Log-softmax of the logits of hidden states ``H`` (n, d): shape (n, vocab)."""
-        h = np.asarray(H, np.float64)
-        if self.norm_type == "LayerNorm":
-            h = (h - h.mean(1, keepdims=True)) / np.sqrt(h.var(1, keepdims=True) + self.eps)
-        elif self.norm_type == "RMSNorm":
-            h = h / np.sqrt((h**2).mean(1, keepdims=True) + self.eps)
-        if self.norm_weight is not None:
-            h = h * self.norm_weight
-        if self.norm_bias is not None:
-            h = h + self.norm_bias
-        z = h @ self.unembed.T.astype(np.float64)
-        if self.bias is not None:
-            z = z + self.bias
-        z = z - z.max(1, keepdims=True)
-        return np.asarray(z - np.log(np.exp(z).sum(1, keepdims=True)))

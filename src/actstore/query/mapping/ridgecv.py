@@ -11,7 +11,8 @@ import numpy as np
 import numpy.typing as npt
 
 from actstore.errors import ConfigError, MappingError
-from actstore.query.ridge import Backend, RidgeEigen, RidgeStats, as_pair, check_alphas
+from actstore.query._backend import Backend
+from actstore.query.mapping.ridge import RidgeEigen, RidgeStats, as_pair, check_alphas
 
 __all__ = ["CV", "RidgeMap", "choose_alpha", "kfold_errors", "loo_errors"]
 

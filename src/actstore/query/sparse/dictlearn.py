@@ -2,9 +2,10 @@
 ``MiniBatchDictionaryLearning``) over a stream of row batches from an array or a store.
 
 Each batch is coded against the current dictionary (OMP with ``k`` non-zeros or Lasso with
-``λ``, see :mod:`actstore.query.sparse`), the running statistics ``A = Σ βcᵀc``, ``B = Σ βxᵀc``
-are updated with scikit-learn's forgetting factor, and each atom takes one block-coordinate step
-and is projected into the unit ball. Atoms that no batch uses are re-seeded from a batch row.
+``λ``, see :mod:`actstore.query.sparse.pursuit`), the running statistics ``A = Σ βcᵀc``,
+``B = Σ βxᵀc`` are updated with scikit-learn's forgetting factor, and each atom takes one
+block-coordinate step and is projected into the unit ball. Atoms that no batch uses are
+re-seeded from a batch row.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import numpy.typing as npt
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from actstore.errors import ConfigError
+from actstore.query._backend import Backend
 from actstore.query.rowstream import RowSource, as_source, shuffled_batches
-from actstore.query.sparse import Backend, lasso, omp
+from actstore.query.sparse.pursuit import lasso, omp
 
 __all__ = ["DictLearnConfig", "DictionaryLearner", "learn_dictionary"]
 
@@ -46,9 +48,9 @@ class DictLearnConfig:
     backend: Backend = "numpy"
     """``numpy`` or ``torch`` for the coding step."""
     device: str | None = None
-    """torch device (e.g. ``cuda``)."""
+    """torch device (e.g. ``cuda``); None: cuda when available, else cpu."""
     tol: float = 1e-4
-    """Tolerance of Lasso coding (see :func:`~actstore.query.sparse.lasso`)."""
+    """Tolerance of Lasso coding (see :func:`~actstore.query.sparse.pursuit.lasso`)."""
     max_overlap: float | None = 0.8
     """Re-seed an atom whose ``|cos|`` with an earlier atom exceeds this, from the batch row
     with the largest residual (None: never; scikit-learn re-seeds unused atoms only)."""

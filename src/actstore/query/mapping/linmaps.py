@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from actstore.errors import ConfigError, MappingError
-from actstore.query.ridge import RidgeEigen, RidgeStats
+from actstore.query.mapping.ridge import RidgeEigen, RidgeStats
 
 __all__ = ["LinearMap", "identity_map", "procrustes_map", "reduced_rank_map"]
 

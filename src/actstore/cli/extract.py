@@ -1,0 +1,143 @@
+"""``actstore extract | info | commit | demo``: the write side of the command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any
+
+from actstore.cli._common import add_dataclass_options, field_help
+from actstore.errors import ConfigError
+
+__all__ = ["add_commands"]
+
+#: CLI-only aliases of option names.
+_ALIASES = {"text_field": ["--text-column"]}
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from actstore.extract.config import ExtractConfig
+
+    if args.list_modules:
+        from actstore.extract.model import load_model
+        from actstore.extract.sites import list_modules
+
+        lm = load_model(args.model, revision=args.revision, device="cpu")
+        print("\n".join(list_modules(lm)))
+        return 0
+    if args.data is None or args.store is None:
+        raise ConfigError("extract needs --data and --store (or --list-modules)")
+    values = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(ExtractConfig) if f.name != "run"
+    }
+    values["run"] = args.run or _default_run_name(args.model)
+    from actstore.extract.runner import extract
+
+    result = extract(ExtractConfig(**values))
+    summary = {
+        "store": str(result.store),
+        "run": result.run,
+        "shard": result.shard,
+        "status": result.status,
+        "rows": result.rows,
+        "counts": result.counts,
+        "seconds": round(result.seconds, 3),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        c = result.counts
+        extra = ", ".join(
+            f"{c[k]:,} {k.replace('_', ' ')}"
+            for k in ("empty_docs", "duplicate_docs", "truncated_docs")
+            if c.get(k)
+        )
+        print(
+            f"{result.status}: run {result.run!r} in {result.store}: {result.rows:,} token rows "
+            f"from {c.get('docs', 0):,} docs"
+            + (f" (skipped/changed: {extra})" if extra else "")
+            + (f" in {result.seconds:.1f} s" if result.seconds else "")
+        )
+    return 0
+
+
+def _default_run_name(model: str) -> str:
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_.\-]+", "-", model.rstrip("/").split("/")[-1]).strip("-.")
+    return name or "run"
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from actstore.store.info import format_info, store_info
+
+    info = store_info(args.store)
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def _cmd_commit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from actstore.store.commit import commit_run
+
+    result = commit_run(Path(args.store), args.run, args.num_shards)
+    if result is None:
+        raise ConfigError(
+            f"run {args.run!r} is not complete: some of its {args.num_shards} part(s) are "
+            "missing or unfinished; run the missing shards (see `actstore info`)"
+        )
+    print(f"committed run {args.run!r}: {result['counts']['rows']:,} rows")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from actstore._demo import run_demo
+
+    run_demo(args.store, quiet=args.quiet, overwrite=args.overwrite)
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``extract``, ``info``, ``commit`` and ``demo`` on an argparse ``subparsers``."""
+    from actstore.extract.config import ExtractConfig
+
+    p = sub.add_parser(
+        "extract",
+        help="run a model over a corpus and store activations",
+        description=ExtractConfig.__doc__,
+    )
+    add_dataclass_options(p, ExtractConfig, skip={"run", "data", "store"}, aliases=_ALIASES)
+    helps = field_help(ExtractConfig)
+    # not required here, so that --list-modules works without them
+    p.add_argument("--data", help=helps["data"])
+    p.add_argument("--store", help=helps["store"])
+    p.add_argument("--run", help=helps["run"] + " (default: the model folder or id's last part)")
+    p.add_argument(
+        "--list-modules",
+        action="store_true",
+        help="print the model's module paths usable as module:<path> sites and exit",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_extract)
+
+    p = sub.add_parser("info", help="runs, sites, shapes, dtypes, counts and bytes of a store")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("commit", help="publish a sharded run whose parts are all complete")
+    p.add_argument("store")
+    p.add_argument("run")
+    p.add_argument("--num-shards", type=int, required=True)
+    p.set_defaults(func=_cmd_commit)
+
+    p = sub.add_parser(
+        "demo",
+        help="extract the bundled MiniLM over the bundled corpus and show a query and an analysis",
+    )
+    p.add_argument("--store", default="demo.acts", help="store directory (default: demo.acts)")
+    p.add_argument("--overwrite", action="store_true", help="re-extract even if present")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_demo)

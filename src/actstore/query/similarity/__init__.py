@@ -1,0 +1,52 @@
+"""Similarity and geometry: pairwise cosine statistics, anisotropy, centroids and semantic
+sinks, back-projection to the vocabulary (nearest tokens, logit lens), CKA / RSA / Procrustes.
+
+Each module is arrays in, arrays out; the ``*_store`` style entry points take a
+:class:`~actstore.query.Store` and save their result through :mod:`actstore.query.results`.
+"""
+
+from __future__ import annotations
+
+from actstore.query.similarity.centroids import (
+    centroid_similarity,
+    cosine_matrix,
+    sink_pairs,
+    sink_scan,
+    token_centroids,
+)
+from actstore.query.similarity.cka import (
+    compare_runs,
+    compare_sites,
+    linear_cka,
+    procrustes_cosine,
+    rsa,
+)
+from actstore.query.similarity.nearest import logit_lens, nearest, nearest_tokens
+from actstore.query.similarity.pairwise import (
+    PairwiseStats,
+    anisotropy,
+    anisotropy_by_layer,
+    mean_vector_stats,
+    pairwise_cosine_stats,
+)
+
+__all__ = [
+    "PairwiseStats",
+    "anisotropy",
+    "anisotropy_by_layer",
+    "centroid_similarity",
+    "compare_runs",
+    "compare_sites",
+    "cosine_matrix",
+    "linear_cka",
+    "logit_lens",
+    "mean_vector_stats",
+    "nearest",
+    "nearest_tokens",
+    "pairwise_cosine_stats",
+    "procrustes_cosine",
+    "rsa",
+    "sink_pairs",
+    "sink_scan",
+    "token_centroids",
+]

@@ -1,0 +1,328 @@
+"""The similarity analyses over a store, each returning an :class:`AnalysisResult` that it
+saves itself (``save=NAME``) and optionally plots (``plot=FILE.png``).
+
+These are what ``actstore similarity ...`` runs: the command line parses its options,
+calls one of these and prints the result, so Python users get exactly the saved result
+the CLI writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from actstore.errors import ConfigError
+from actstore.query.results import AnalysisResult
+
+if TYPE_CHECKING:
+    from actstore.query.similarity.nearest import Metric
+    from actstore.query.store import Store
+
+__all__ = [
+    "anisotropy_result",
+    "centroids_result",
+    "cka_result",
+    "lens_result",
+    "nearest_result",
+    "pairwise_result",
+    "query_vectors",
+    "sinks_result",
+]
+
+F32 = npt.NDArray[np.float32]
+#: The rows an analysis of a site uses when no ``rows`` query is given.
+NON_SPECIAL = "SELECT row FROM tokens WHERE run = ? AND NOT special"
+
+
+def _rows_or_fail(store: Store, rows: str) -> npt.NDArray[np.int64]:
+    ids = np.asarray(store.sql(rows).first_column(), np.int64)
+    if not len(ids):
+        raise ConfigError(f"--rows selected no rows: {rows!r}; check the query")
+    return ids
+
+
+def _finish(
+    result: AnalysisResult, store: Store, save: str | None, overwrite: bool
+) -> AnalysisResult:
+    result.save(store.path, save, overwrite=overwrite)
+    return result
+
+
+def pairwise_result(
+    store: Store,
+    run: str,
+    *,
+    matrix: str | None = None,
+    site: str | None = None,
+    rows: str | None = None,
+    bins: int = 128,
+    sample: int | None = None,
+    seed: int = 0,
+    save: str | None = None,
+    overwrite: bool = True,
+    plot: str | Path | None = None,
+) -> AnalysisResult:
+    """Pairwise cosine statistics of a matrix or a site's rows, raw and mean-centered.
+
+    Parameters
+    ----------
+    matrix, site : str
+        Exactly one: a per-vocabulary matrix (``embed``) or a site (``hidden.6``).
+    rows : str, optional
+        SQL selecting the site's rows (default: the run's non-special rows).
+    bins, sample, seed
+        See :func:`~actstore.query.similarity.pairwise.pairwise_cosine_stats`.
+    save : str, optional
+        Save as result ``save`` (arrays: ``cos_with_mean``).
+    plot : path, optional
+        Write the raw / centered histograms as a PNG.
+
+    Returns
+    -------
+    AnalysisResult
+        One row per ``variant`` (raw, centered) with the statistics and histogram.
+    """
+    import pandas as pd
+
+    from actstore.query.similarity.pairwise import mean_vector_stats, pairwise_cosine_stats
+
+    if (matrix is None) == (site is None):
+        raise ConfigError("pairwise needs exactly one of --matrix NAME or --site SITE")
+    if matrix is not None:
+        X = store.matrix(run, matrix)
+    else:
+        X = store.vectors(
+            run, str(site), rows or NON_SPECIAL, dtype=np.float32, params=None if rows else [run]
+        )
+    opts = {"bins": bins, "sample": sample, "seed": seed}
+    stats = {
+        "raw": pairwise_cosine_stats(X, **opts),  # type: ignore[arg-type]
+        "centered": pairwise_cosine_stats(X, center=True, **opts),  # type: ignore[arg-type]
+    }
+    cos_mean, summary = mean_vector_stats(X)
+    df = pd.DataFrame([{"variant": k, **s.to_json()} for k, s in stats.items()])
+    for key, value in summary.items():
+        df[key] = value
+    what = {"matrix": matrix} if matrix else {"site": site, "rows": rows}
+    meta = {"analysis": "similarity.pairwise", "run": run, **what, **opts, **summary}
+    if plot:
+        from actstore.query.similarity.plots import plot_histograms
+
+        plot_histograms(stats, plot, f"{run} {matrix or site}")
+    return _finish(AnalysisResult(df, meta, {"cos_with_mean": cos_mean}), store, save, overwrite)
+
+
+def anisotropy_result(
+    store: Store,
+    run: str,
+    sites: list[str] | None = None,
+    *,
+    max_rows: int = 20000,
+    n_pairs: int = 20000,
+    seed: int = 0,
+    save: str | None = None,
+    overwrite: bool = True,
+    plot: str | Path | None = None,
+) -> AnalysisResult:
+    """:func:`~actstore.query.similarity.pairwise.anisotropy_by_layer`, saved and plotted."""
+    from actstore.query.similarity.pairwise import anisotropy_by_layer
+
+    df = anisotropy_by_layer(store, run, sites, max_rows=max_rows, n_pairs=n_pairs, seed=seed)
+    meta = {"analysis": "similarity.anisotropy", "run": run, "max_rows": max_rows}
+    if plot:
+        from actstore.query.similarity.plots import plot_anisotropy
+
+        plot_anisotropy(df, plot, f"anisotropy of {run}")
+    return _finish(AnalysisResult(df, meta), store, save, overwrite)
+
+
+def centroids_result(
+    store: Store,
+    run: str,
+    site: str,
+    tokens: Sequence[str],
+    *,
+    save: str | None = None,
+    overwrite: bool = True,
+    plot: str | Path | None = None,
+) -> AnalysisResult:
+    """:func:`~actstore.query.similarity.centroids.centroid_similarity`, saved (arrays:
+    the ``centroid``, ``embed`` and ``unembed`` cosine matrices) and plotted."""
+    from actstore.query.similarity.centroids import centroid_similarity
+
+    df, mats = centroid_similarity(store, run, site, list(tokens))
+    meta = {"analysis": "similarity.centroids", "run": run, "site": site, "tokens": list(tokens)}
+    if plot:
+        from actstore.query.similarity.plots import plot_matrices
+
+        plot_matrices(mats, list(tokens), plot, f"{run} {site}")
+    return _finish(AnalysisResult(df, meta, mats), store, save, overwrite)
+
+
+def sinks_result(
+    store: Store,
+    run: str,
+    site: str,
+    *,
+    min_count: int = 5,
+    threshold: float = 0.95,
+    max_embed_cos: float = 0.5,
+    top_k: int = 100,
+    save: str | None = None,
+    overwrite: bool = True,
+) -> AnalysisResult:
+    """:func:`~actstore.query.similarity.centroids.sink_scan`, saved."""
+    from actstore.query.similarity.centroids import sink_scan
+
+    opts = {
+        "min_count": min_count,
+        "threshold": threshold,
+        "max_embed_cos": max_embed_cos,
+        "top_k": top_k,
+    }
+    df = sink_scan(store, run, site, **opts)  # type: ignore[arg-type]
+    meta = {"analysis": "similarity.sinks", "run": run, "site": site, **opts}
+    return _finish(AnalysisResult(df, meta), store, save, overwrite)
+
+
+def query_vectors(
+    store: Store,
+    run: str,
+    *,
+    tokens: Sequence[str] = (),
+    site: str | None = None,
+    rows: str | None = None,
+    matrix: str = "embed",
+) -> tuple[F32, list[str]]:
+    """Query vectors and their names: the ``site`` vectors of SQL ``rows``; else each
+    token's centroid at ``site``; else each token's ``matrix`` row (the mean of all
+    vocabulary entries that match it, see :meth:`Store.token_ids`).
+
+    Raises
+    ------
+    ConfigError
+        Neither tokens nor rows, ``rows`` without ``site``, or rows that select nothing.
+    TokenNotFoundError
+        A token is not in the vocabulary.
+    """
+    if rows:
+        if not site:
+            raise ConfigError("--rows needs --site (the site whose vectors are the queries)")
+        ids = _rows_or_fail(store, rows)
+        return store.vectors(run, site, ids, dtype=np.float32), [f"row {i}" for i in ids]
+    if not tokens:
+        raise ConfigError("give the queries with --token T (repeatable) or --site S --rows SQL")
+    if site:
+        V = [store.centroid(run, site, token=t) for t in tokens]
+    else:
+        M = store.matrix(run, matrix)
+        V = [M[store.token_ids(run, t)].mean(0) for t in tokens]
+    return np.stack(V).astype(np.float32), list(tokens)
+
+
+def nearest_result(
+    store: Store,
+    run: str,
+    *,
+    tokens: Sequence[str] = (),
+    site: str | None = None,
+    rows: str | None = None,
+    matrix: str = "embed",
+    start: str | None = None,
+    k: int = 10,
+    metric: Metric = "cosine",
+    save: str | None = None,
+    overwrite: bool = True,
+) -> AnalysisResult:
+    """Nearest vocabulary tokens of tokens, centroids or rows (see :func:`query_vectors`),
+    optionally relative to a start token ``v0`` (ranking ``matrix - v0``), saved."""
+    from actstore.query.similarity.nearest import nearest
+
+    V, names = query_vectors(store, run, tokens=tokens, site=site, rows=rows, matrix=matrix)
+    v0 = None
+    if start:
+        v0 = store.matrix(run, matrix)[store.token_ids(run, start)].mean(0)
+    df = nearest(store, run, V, queries=names, matrix=matrix, k=k, metric=metric, start=v0)
+    meta = {
+        "analysis": "similarity.nearest",
+        "run": run,
+        "matrix": matrix,
+        "site": site,
+        "metric": metric,
+        "start": start,
+    }
+    return _finish(AnalysisResult(df, meta), store, save, overwrite)
+
+
+def lens_result(
+    store: Store,
+    run: str,
+    rows: str,
+    *,
+    sites: list[str] | None = None,
+    k: int = 5,
+    save: str | None = None,
+    overwrite: bool = True,
+) -> AnalysisResult:
+    """Logit lens: the top ``k`` tokens (with probabilities) of each selected row at each
+    site (default: every ``hidden.*``) through the run's stored head, saved."""
+    import pandas as pd
+
+    from actstore.query.similarity.nearest import logit_lens, top_tokens
+
+    ids = _rows_or_fail(store, rows)
+    sites = sites or [s for s in store.sites(run) if s.startswith("hidden.")]
+    parts = []
+    for site in sites:
+        logits = logit_lens(store, run, site, ids)
+        if not 1 <= k <= logits.shape[1]:
+            raise ConfigError(f"k must be in 1..{logits.shape[1]}, got {k}")
+        z = logits - logits.max(1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        top = np.argsort(-logits, 1, kind="stable")[:, :k]
+        df = top_tokens(store, run, top, np.take_along_axis(p, top, 1), [str(i) for i in ids])
+        df.insert(0, "site", site)
+        parts.append(df.rename(columns={"query": "row", "score": "prob"}))
+    out = pd.concat(parts, ignore_index=True)
+    out["row"] = out["row"].astype(np.int64)
+    meta = {"analysis": "similarity.lens", "run": run, "rows": rows, "k": k}
+    return _finish(AnalysisResult(out, meta), store, save, overwrite)
+
+
+def cka_result(
+    store: Store,
+    run: str,
+    *,
+    sites: list[str] | None = None,
+    run_b: str | None = None,
+    sites_b: list[str] | None = None,
+    rows: str | None = None,
+    max_rows: int = 5000,
+    measures: Sequence[str] = ("cka", "cka_unbiased", "rsa", "procrustes"),
+    seed: int = 0,
+    save: str | None = None,
+    overwrite: bool = True,
+    plot: str | Path | None = None,
+) -> AnalysisResult:
+    """CKA / RSA / Procrustes between sites of ``run``, or between ``run`` and ``run_b``
+    (rows aligned by character span), saved and plotted as a heatmap of the first measure.
+    """
+    from actstore.query.similarity.cka import compare_runs, compare_sites
+
+    ms = tuple(measures)
+    if run_b:
+        df = compare_runs(
+            store, run, run_b, sites, sites_b, max_rows=max_rows, measures=ms, seed=seed
+        )
+    else:
+        df = compare_sites(store, run, sites, rows=rows, max_rows=max_rows, measures=ms, seed=seed)
+    meta: dict[str, Any] = {"analysis": "similarity.cka", "run": run, "run_b": run_b, "rows": rows}
+    if plot:
+        from actstore.query.similarity.plots import plot_heatmap
+
+        plot_heatmap(df, ms[0], plot, f"{ms[0]}: {run} {run_b or ''}")
+    return _finish(AnalysisResult(df, meta), store, save, overwrite)
