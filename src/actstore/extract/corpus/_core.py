@@ -33,7 +33,7 @@ CorpusFormat = Literal["auto", "txt", "jsonl", "csv", "parquet", "hf"]
 EncodingErrors = Literal["strict", "replace"]
 
 #: The bundled demo corpus: short English sentences (fields ``text`` and ``topic``).
-DEMO_CORPUS: Path = Path(__file__).resolve().parent.parent / "data" / "demo_corpus.jsonl"
+DEMO_CORPUS: Path = Path(__file__).resolve().parents[2] / "data" / "demo_corpus.jsonl"
 
 _FORMATS = ("txt", "jsonl", "csv", "parquet", "hf")
 _SUFFIXES: dict[str, CorpusFormat] = {
