@@ -6,8 +6,11 @@ import csv
 import gzip
 import inspect
 import json
+import os
+import subprocess
 import sys
 import tracemalloc
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actstore.errors import ActstoreError, CorpusError, EmptyCorpusError
-from actstore.extract.corpus import DEMO_CORPUS, Corpus, Doc, doc_id_for, open_corpus
+from actstore.extract.config import ExtractConfig
+from actstore.extract.corpus import (
+    DEMO_CORPUS,
+    Corpus,
+    CorpusFormat,
+    Doc,
+    doc_id_for,
+    open_corpus,
+)
+from actstore.extract.corpus._base import FormatReader
+from actstore.extract.corpus._core import READERS, _detect, reader_for
 
 TEXTS = ["The dog barks.", "", "Aspirin treats a headache, they say.", "naïve café — 東京 ✓"]
 TOPICS = ["animals", "none", "medicine", "unicode"]
@@ -552,8 +565,84 @@ def test_demo_corpus() -> None:
         assert sum(animal in t.lower() for t in texts) >= 8
 
 
-def test_module_does_not_import_torch() -> None:
-    # The reader is used before the model is loaded; it must stay light.
-    assert "actstore.extract.corpus" in sys.modules
-    source = Path(sys.modules["actstore.extract.corpus"].__file__ or "").read_text("utf-8")
-    assert "import torch" not in source
+def test_module_does_not_import_torch(tmp_path: Path) -> None:
+    # The reader is used before the model is loaded; it must stay light, also while reading.
+    path = _write_jsonl(tmp_path / "c.jsonl", _records())
+    code = (
+        "import sys, actstore.extract.corpus as c; "
+        "heavy = lambda: sorted({'torch', 'transformers'} & set(sys.modules)); "
+        "assert not heavy(), ('import', heavy()); "
+        "corpus = c.open_corpus(sys.argv[1]); "
+        "docs = list(corpus); corpus.count(); corpus.extra_columns(); "
+        f"assert len(docs) == {len(TEXTS)}, docs; "
+        "assert not heavy(), ('read', heavy())"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=dict(os.environ),
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+# -- reader registry -------------------------------------------------------------------
+
+
+def _documented_formats() -> set[str]:
+    # The CLI's --data-format choices are built from this Literal.
+    hint = typing.get_type_hints(ExtractConfig)["data_format"]
+    return set(typing.get_args(hint)) - {"auto"}
+
+
+def test_every_documented_format_has_a_reader() -> None:
+    documented = _documented_formats()
+    assert documented == {"txt", "jsonl", "csv", "parquet", "hf"}
+    assert set(typing.get_args(CorpusFormat)) - {"auto"} == documented
+    assert set(READERS) == documented
+    for name in sorted(documented):
+        reader = reader_for(name)
+        assert isinstance(reader, FormatReader)
+        assert reader.name == name
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("c.txt", "txt"),
+        ("c.txt.gz", "txt"),
+        ("c.jsonl", "jsonl"),
+        ("c.json", "jsonl"),
+        ("c.NDJSON", "jsonl"),
+        ("c.csv", "csv"),
+        ("c.parquet", "parquet"),
+        ("c.pq", "parquet"),
+        ("shards/", "parquet"),
+        ("dataset/", "hf"),
+        ("both/", "hf"),
+    ],
+)
+def test_detection_resolves_to_a_reader(tmp_path: Path, name: str, expected: str) -> None:
+    path = tmp_path / name
+    if name.endswith("/"):
+        path.mkdir()
+        if name in ("shards/", "both/"):
+            (path / "part-0.parquet").write_bytes(b"")
+        if name in ("dataset/", "both/"):
+            (path / "dataset_info.json").write_text("{}", encoding="utf-8")
+    else:
+        path.write_bytes(b"")
+    reader = _detect(path)
+    assert reader is reader_for(expected)
+    assert reader.name == expected
+
+
+@pytest.mark.parametrize("name", ["xml", "auto", "datasets", ""])
+def test_unknown_format_has_no_reader(tmp_path: Path, name: str) -> None:
+    message = rf"unknown corpus format {name!r}; expected auto or one of txt, jsonl"
+    with pytest.raises(CorpusError, match=message):
+        reader_for(name)
+    path = _write_txt(tmp_path / "c.txt", TEXTS)
+    with pytest.raises(CorpusError, match=message):
+        iter(Corpus(path, name, "text"))  # type: ignore[arg-type]
