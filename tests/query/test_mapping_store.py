@@ -25,10 +25,9 @@ from actstore.query.mapping.on_store import (
     evaluate_map,
     fit_map,
     iter_pairs,
-    load_map,
     pair_rows,
-    save_map,
 )
+from actstore.query.mapping.saved import load_map, save_map
 
 from .conftest import CLI
 

@@ -84,7 +84,8 @@ def _fit(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from actstore.query.mapping.on_store import evaluate_map, load_map
+    from actstore.query.mapping.on_store import evaluate_map
+    from actstore.query.mapping.saved import load_map
     from actstore.query.store import Store
 
     with Store(args.store) as store:
@@ -100,7 +101,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _apply(args: argparse.Namespace) -> None:
-    from actstore.query.mapping.on_store import apply_map
+    from actstore.query.mapping.saved import apply_map
     from actstore.query.store import Store
 
     with Store(args.store) as store:

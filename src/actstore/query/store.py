@@ -1,4 +1,9 @@
-"""The :class:`Store`: one opened store, queried by SQL, with its vectors one call away."""
+"""The :class:`Store`: one opened store, queried by SQL, with its vectors one call away.
+
+Longer than most modules (~450 lines) because it is the documented front door: each method
+is a thin, fully documented call into ``select``, ``export``, ``sql`` or the store reader,
+and splitting the class would scatter its API reference.
+"""
 
 from __future__ import annotations
 

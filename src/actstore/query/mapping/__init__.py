@@ -19,10 +19,9 @@ from actstore.query.mapping.on_store import (
     PairSpec,
     evaluate_map,
     fit_map,
-    load_map,
-    save_map,
 )
 from actstore.query.mapping.ridgecv import RidgeMap
+from actstore.query.mapping.saved import apply_map, load_map, save_map
 from actstore.query.mapping.split import balanced_split, doc_split
 
 __all__ = [
@@ -31,6 +30,7 @@ __all__ = [
     "MapConfig",
     "PairSpec",
     "RidgeMap",
+    "apply_map",
     "balanced_split",
     "doc_split",
     "evaluate_map",
