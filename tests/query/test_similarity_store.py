@@ -55,8 +55,8 @@ def test_embed_pairwise_matches_pdist(store: Any) -> None:
     s = pairwise_cosine_stats(E, sample=1500, seed=1)
     idx = np.sort(np.random.default_rng(1).choice(len(E), 1500, replace=False))
     c = 1 - pdist(E[idx].astype(np.float64), "cosine")
-    assert s.mean == pytest.approx(c.mean(), abs=1e-6)
-    assert s.std == pytest.approx(c.std(), abs=1e-6)
+    assert s.mean == pytest.approx(c.mean(), rel=1e-8)
+    assert s.std == pytest.approx(c.std(), rel=1e-8)
 
 
 def test_token_centroids_match_store_centroids(store: Any) -> None:

@@ -173,8 +173,10 @@ def pairwise_cosine_stats(
                 if not G.size:
                     continue
             v = G.ravel()
-            total += float(v.sum())  # pairwise float32 summation within a block
-            total_sq += float(np.dot(v, v))
+            # sums in float64: a float32 dot per block put the std off by ~1e-5 relative
+            v64 = v.astype(np.float64)
+            total += float(v64.sum())
+            total_sq += float(v64 @ v64)
             lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
             v += np.float32(1.0)
             v *= scale
