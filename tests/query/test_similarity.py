@@ -142,6 +142,20 @@ def test_nearest_tokens_reference(metric: str) -> None:
     np.testing.assert_allclose(np.abs(scores), np.abs(np.take_along_axis(d, ref, 1)), atol=1e-4)
 
 
+def test_nearest_euclidean_is_stable() -> None:
+    """A vector's distance to itself is 0 and others match a float64 reference to 1e-6,
+    also for large-norm rows where |q|² - 2q·b + |b|² cancels."""
+    M = (_rng(8).standard_normal((2000, 64)) * 30 + 50).astype(np.float32)
+    q = M[[7, 1500]]
+    ids, dist = nearest_tokens(q, M, k=4, metric="euclidean", block_rows=300)
+    assert ids[:, 0].tolist() == [7, 1500]
+    assert dist[:, 0].tolist() == [0.0, 0.0]
+    ref = np.linalg.norm(q.astype(np.float64)[:, None] - M.astype(np.float64)[None], axis=2)
+    order = np.argsort(ref, axis=1, kind="stable")[:, :4]
+    assert ids.tolist() == order.tolist()
+    np.testing.assert_allclose(dist, np.take_along_axis(ref, order, 1), rtol=1e-6)
+
+
 def test_nearest_tokens_start_point_and_errors() -> None:
     M = _rng(7).standard_normal((300, 8)).astype(np.float32)
     v0, direction = M[10], M[20] - M[10]

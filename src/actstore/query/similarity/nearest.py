@@ -84,6 +84,9 @@ def nearest_tokens(
     best_s = np.empty((len(Q), 0), np.float32)
     best_i = np.empty((len(Q), 0), np.int64)
     qn = (Q * Q).sum(1, keepdims=True)
+    # euclidean: the float32 expansion |q|² - 2q·b + |b|² only picks candidates (a few
+    # spare ones for near ties); their distances are then recomputed directly in float64
+    kk = k if metric == "cosine" else min(len(W), k + 16)
     for lo in range(0, len(W), block_rows):
         B = W[lo : lo + block_rows]
         if v0 is not None:
@@ -96,11 +99,14 @@ def nearest_tokens(
         ids = np.broadcast_to(np.arange(lo, lo + len(B)), S.shape)
         best_s = np.concatenate([best_s, S.astype(np.float32)], 1)
         best_i = np.concatenate([best_i, ids], 1)
-        if best_s.shape[1] > k:
-            part = np.argpartition(best_s, k - 1, axis=1)[:, :k]
+        if best_s.shape[1] > kk:
+            part = np.argpartition(best_s, kk - 1, axis=1)[:, :kk]
             best_s = np.take_along_axis(best_s, part, 1)
             best_i = np.take_along_axis(best_i, part, 1)
-    order = np.lexsort((best_i, best_s), axis=1)
+    if metric == "euclidean":
+        diff = Q.astype(np.float64)[:, None, :] - W[best_i].astype(np.float64)
+        best_s = np.sqrt((diff * diff).sum(-1))
+    order = np.lexsort((best_i, best_s), axis=1)[:, :k]
     ids_out = np.take_along_axis(best_i, order, 1).astype(np.int64)
     scores = np.take_along_axis(best_s, order, 1)
     return ids_out, (-scores if metric == "cosine" else scores).astype(np.float32)
