@@ -166,6 +166,28 @@ def test_regression_metrics_equal_sklearn() -> None:
         regression_metrics(Y, P[:, :2])
 
 
+@pytest.mark.parametrize("exact", [True, False])
+def test_r2_of_constant_columns_equals_sklearn(exact: bool) -> None:
+    """A constant target column scores 1 when predicted exactly, else 0 (r2_score's rule),
+    also when the rows arrive in several streamed blocks."""
+    from actstore.query.mapping.metrics import MetricsAccumulator
+
+    rng = np.random.default_rng(12)
+    Y = rng.normal(size=(40, 3))
+    Y[:, 1] = 0.5  # constant column (exact in binary, so sklearn sees zero variance too)
+    P = Y + rng.normal(size=Y.shape) * 0.3
+    P[:, 1] = 0.5 if exact else 0.5 + rng.normal(size=40) * 0.01
+    acc = MetricsAccumulator()
+    for a in range(0, 40, 7):
+        acc.update(Y[a : a + 7], P[a : a + 7])
+    m = acc.result(per_dim=True)
+    np.testing.assert_allclose(m["r2_per_dim"], r2_score(Y, P, multioutput="raw_values"))
+    assert m["r2"] == pytest.approx(r2_score(Y, P))
+    assert m["r2_weighted"] == pytest.approx(r2_score(Y, P, multioutput="variance_weighted"))
+    one = regression_metrics(Y[:, 1:2], P[:, 1:2])
+    assert one["r2_weighted"] == r2_score(Y[:, 1], P[:, 1])
+
+
 def test_identity_metrics_known() -> None:
     W = np.array([[2.0, 1.0], [0.0, 0.0]])
     m = identity_metrics(W)

@@ -35,6 +35,8 @@ class MetricsAccumulator:
         self.sse: F64 | None = None
         self.sy: F64 | None = None
         self.syy: F64 | None = None
+        self.ymin: F64 | None = None
+        self.ymax: F64 | None = None
         self.cos = 0.0
         self.head_agree = 0
         self.head_kl = 0.0
@@ -46,6 +48,11 @@ class MetricsAccumulator:
             raise MappingError(f"Y and Yhat shapes differ: {y.shape} vs {yh.shape}")
         if self.sse is None or self.sy is None or self.syy is None:
             self.sse, self.sy, self.syy = (np.zeros(y.shape[1]) for _ in range(3))
+            self.ymin = np.full(y.shape[1], np.inf)
+            self.ymax = np.full(y.shape[1], -np.inf)
+        if len(y):
+            self.ymin = np.minimum(self.ymin, y.min(0))
+            self.ymax = np.maximum(self.ymax, y.max(0))
         self.n += len(y)
         self.sse += ((y - yh) ** 2).sum(0)
         self.sy += y.sum(0)
@@ -62,17 +69,26 @@ class MetricsAccumulator:
 
     def result(self, per_dim: bool = False) -> dict[str, Any]:
         """``mse``, ``r2`` (mean over dims, as sklearn's ``r2_score``), ``r2_weighted``
-        (variance-weighted), ``cosine``, ``n``; ``r2_per_dim`` when asked; ``top1_agreement``
+        (variance-weighted, as ``r2_score(multioutput="variance_weighted")``), ``cosine``,
+        ``n``; ``r2_per_dim`` when asked; ``top1_agreement``
         and ``kl`` when head updates were made."""
         if self.sse is None or self.sy is None or self.syy is None or self.n == 0:
             raise MappingError("no rows to evaluate: the selection is empty; check the rows SQL")
-        sst = self.syy - self.sy**2 / self.n
-        r2 = 1 - np.divide(self.sse, sst, out=np.zeros_like(sst), where=sst > 0)
+        # a constant column (min == max, tracked exactly) has no variance to explain: as
+        # scikit-learn's r2_score, it scores 1 when predicted exactly, else 0
+        constant = np.asarray(self.ymin == self.ymax)
+        sst = np.where(constant, 0.0, np.maximum(self.syy - self.sy**2 / self.n, 0.0))
+        ratio = np.divide(self.sse, sst, out=np.zeros_like(sst), where=sst > 0)
+        r2 = np.where(sst > 0, 1 - ratio, np.where(self.sse == 0, 1.0, 0.0))
+        if sst.sum() > 0:
+            r2_weighted = float(1 - self.sse[sst > 0].sum() / sst.sum())
+        else:
+            r2_weighted = 1.0 if self.sse.sum() == 0 else 0.0
         out: dict[str, Any] = {
             "n": self.n,
             "mse": float(self.sse.sum() / (self.n * len(self.sse))),
             "r2": float(r2.mean()),
-            "r2_weighted": float(1 - self.sse.sum() / sst.sum()) if sst.sum() > 0 else 0.0,
+            "r2_weighted": r2_weighted,
             "cosine": self.cos / self.n,
         }
         if per_dim:
