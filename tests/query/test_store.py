@@ -198,3 +198,32 @@ def test_export(syn_store: Path, tmp_path: Path) -> None:
             s.export("a", "hidden.0", syn_store / "x.npy")
         with pytest.raises(ConfigError, match=r"\.npy or \.parquet"):
             s.export("a", "hidden.0", tmp_path / "x.csv")
+
+
+def test_rows_sql_is_scoped_to_the_run(hand_store: Path, tmp_path: Path) -> None:
+    """Row ids mean nothing across runs: a rows query sees only the chosen run."""
+    from actstore.cli import main
+    from actstore.errors import RowIndexError
+
+    query = "SELECT row FROM tokens WHERE NOT special ORDER BY row"
+    with actstore.open(hand_store) as s:
+        assert set(s.runs) >= {"words", "pieces"}
+        n_words = s.sql(
+            "SELECT count(*) FROM tokens WHERE run = 'words' AND NOT special"
+        ).fetchall()[0][0]
+        assert n_words < s.sql(f"SELECT count(*) FROM ({query})").fetchall()[0][0]
+        assert len(s.rows("words", query)) == n_words
+        X = s.vectors("words", "hidden.0", query)
+        assert len(X) == n_words
+        # a query that names the run itself, and one that returns (run, row), still work
+        assert len(s.rows("words", "SELECT row FROM tokens WHERE run = 'words'")) == 11
+        assert len(s.rows("pieces", "SELECT row FROM tokens WHERE run = 'words'")) == 0
+        with_cte = "WITH t AS (SELECT row FROM tokens WHERE NOT special) SELECT row FROM t"
+        assert len(s.rows("words", with_cte)) == n_words
+        with pytest.raises(RowIndexError, match="run 'words'"):
+            s.rows("words", [0, 10_000])
+    out = tmp_path / "w.npy"
+    rows_arg = "SELECT row FROM tokens WHERE NOT special"
+    argv = ["export", str(hand_store), "--run", "words", "--site", "hidden.0"]
+    assert main([*argv, "--rows", rows_arg, "--out", str(out)]) == 0
+    assert len(np.load(out)) == n_words

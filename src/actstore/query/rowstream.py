@@ -75,7 +75,7 @@ class StoreSource:
             n = int(store.sql("SELECT count(*) FROM tokens WHERE run = ?", [run]).fetchall()[0][0])
             self.rows = np.arange(n, dtype=np.int64)
         elif isinstance(rows, str):
-            self.rows = np.asarray(store.sql(rows).first_column(), np.int64)
+            self.rows = store.rows(run, rows)
         else:
             self.rows = np.asarray(rows, np.int64)
         self._d = int(store.vectors(run, site, self.rows[:1]).shape[1]) if len(self.rows) else 0

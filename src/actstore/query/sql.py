@@ -273,8 +273,12 @@ class SQLEngine:
                 f"(and EXPLAIN of one) are allowed; {self._tables_hint()}"
             )
 
-    def sql(self, query: str, params: Params = None) -> QueryResult:
+    def sql(self, query: str, params: Params = None, *, run: str | None = None) -> QueryResult:
         """Run ``query`` with ``params`` bound (``?`` or ``$name`` placeholders).
+
+        With ``run``, the query sees only that run: ``tokens``, ``vocab`` and ``sites`` are
+        shadowed by common table expressions holding that run's rows alone (row ids are
+        only meaningful within a run).
 
         Raises
         ------
@@ -283,6 +287,9 @@ class SQLEngine:
             or its parameters do not match.
         """
         self.check(query)
+        shown = query
+        if run is not None:
+            query = scoped(query, run)
         try:
             bound = (
                 list(params)
@@ -291,14 +298,38 @@ class SQLEngine:
             )
             rel = self.con.sql(query, params=bound)
         except self._duckdb.Error as e:
-            raise self.error(e, query) from None
+            raise self.error(e, shown) from None
         if rel is None:  # pragma: no cover - a SELECT always yields a relation
-            raise QueryError(f"query returned nothing: {query!r}")
-        return QueryResult(rel, query, self)
+            raise QueryError(f"query returned nothing: {shown!r}")
+        return QueryResult(rel, shown, self)
 
     def close(self) -> None:
         """Close the connection."""
         self.con.close()
+
+
+#: The views that hold rows of several runs (each has a ``run`` column).
+RUN_SCOPED_VIEWS = ("tokens", "vocab", "sites")
+_WITH = re.compile(r"^\s*WITH\s+(RECURSIVE\s+)?", re.IGNORECASE)
+
+
+def scoped(query: str, run: str) -> str:
+    """``query`` rewritten so that the per-run views hold ``run``'s rows only.
+
+    >>> print(scoped("SELECT row FROM tokens", "a")[:63])
+    WITH tokens AS (SELECT * FROM tokens WHERE run = 'a'), vocab AS
+    >>> scoped("WITH x AS (SELECT 1) SELECT * FROM x", "a")[-31:]
+    'x AS (SELECT 1) SELECT * FROM x'
+    """
+    ctes = ", ".join(
+        f"{v} AS (SELECT * FROM {v} WHERE run = {_lit(run)})" for v in RUN_SCOPED_VIEWS
+    )
+    m = _WITH.match(query)
+    if m is None:
+        return f"WITH {ctes} {query}"
+    if m.group(1):  # WITH RECURSIVE: the shadowing CTEs would recurse; nest the query
+        return f"WITH {ctes} SELECT * FROM ({query})"
+    return f"WITH {ctes}, {query[m.end() :]}"
 
 
 class QueryResult:

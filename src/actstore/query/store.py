@@ -137,10 +137,36 @@ class Store:
 
     def _rows(self, run: RunReader, rows: Any, params: Params) -> npt.NDArray[np.int64]:
         if isinstance(rows, str):
-            rows = self.sql(rows, params).first_column()
+            rows = self.select_ids(run.name, rows, params)
         elif params is not None:
             raise ConfigError("params are only used when rows is a SQL query string")
         return as_row_array(rows, run.n_rows, f"run {run.name!r}")
+
+    def select_ids(self, run: str, query: str, params: Params = None) -> npt.NDArray[Any]:
+        """The first column of ``query`` run within ``run``: the ``tokens``, ``vocab`` and
+        ``sites`` views hold that run's rows only, so ``SELECT row FROM tokens WHERE NOT
+        special`` means this run's rows even when the store has several runs.
+
+        Raises
+        ------
+        RunNotFoundError
+            No committed run ``run``.
+        QueryError
+            The query does not run.
+        """
+        self._run(run)
+        return self.engine.sql(query, params, run=run).first_column()
+
+    def rows(self, run: str, rows: Any, params: Params = None) -> npt.NDArray[np.int64]:
+        """Row ids of ``run`` from ``rows``: ids, or a SQL query scoped to ``run`` (see
+        :meth:`select_ids`), checked to lie in ``[0, n_rows)``.
+
+        Raises
+        ------
+        RowIndexError
+            An id outside the run (row ids are only meaningful within a run).
+        """
+        return self._rows(self._run(run), rows, params)
 
     def token_columns(self, run: str, *columns: str) -> dict[str, npt.NDArray[Any]]:
         """Whole columns of ``run``'s token table, in row order (index = row id).

@@ -48,6 +48,7 @@ class MetricsAccumulator:
             raise MappingError(f"Y and Yhat shapes differ: {y.shape} vs {yh.shape}")
         if self.sse is None or self.sy is None or self.syy is None:
             self.sse, self.sy, self.syy = (np.zeros(y.shape[1]) for _ in range(3))
+        if self.ymin is None or self.ymax is None:
             self.ymin = np.full(y.shape[1], np.inf)
             self.ymax = np.full(y.shape[1], -np.inf)
         if len(y):

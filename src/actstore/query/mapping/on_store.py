@@ -155,10 +155,6 @@ def _token_table(store: Store, run: str) -> tuple[I64, I64, npt.NDArray[np.bool_
     )
 
 
-def _sql_rows(store: Store, query: str) -> I64:
-    return np.asarray(store.sql(query).first_column(), np.int64)
-
-
 def pair_rows(store: Store, spec: PairSpec) -> PairRows:
     """Resolve ``spec`` to row pairs.
 
@@ -175,10 +171,10 @@ def pair_rows(store: Store, spec: PairSpec) -> PairRows:
     x = (
         np.flatnonzero(~special).astype(np.int64)
         if spec.rows is None
-        else _sql_rows(store, spec.rows)
+        else store.rows(spec.run, spec.rows)
     )
     if spec.y_rows is not None:
-        y = _sql_rows(store, spec.y_rows)
+        y = store.rows(spec.run_y, spec.y_rows)
     elif spec.y_run is not None:
         al = store.align_last(spec.run, spec.y_run, x)
         x, y = np.asarray(al["row_a"], np.int64), np.asarray(al["row_b"], np.int64)

@@ -160,12 +160,9 @@ def _measure(name: str, X: Any, Y: Any, n_sample: int, seed: int) -> float:
 
 def _sample_rows(store: Store, run: str, rows: Any, max_rows: int, seed: int) -> Any:
     if rows is None:
-        rows = "SELECT row FROM tokens WHERE run = ? AND NOT special ORDER BY row"
-        ids = store.sql(rows, [run]).first_column()
-    elif isinstance(rows, str):
-        ids = store.sql(rows).first_column()
+        ids = np.flatnonzero(~store.token_columns(run, "special")["special"])
     else:
-        ids = rows
+        ids = store.rows(run, rows)
     ids = np.asarray(ids, np.int64)
     if len(ids) < 4:
         raise ConfigError(f"the row selection has {len(ids)} rows; need at least 4")

@@ -38,8 +38,8 @@ F32 = npt.NDArray[np.float32]
 NON_SPECIAL = "SELECT row FROM tokens WHERE run = ? AND NOT special"
 
 
-def _rows_or_fail(store: Store, rows: str) -> npt.NDArray[np.int64]:
-    ids = np.asarray(store.sql(rows).first_column(), np.int64)
+def _rows_or_fail(store: Store, run: str, rows: str) -> npt.NDArray[np.int64]:
+    ids = store.rows(run, rows)
     if not len(ids):
         raise ConfigError(f"--rows selected no rows: {rows!r}; check the query")
     return ids
@@ -212,7 +212,7 @@ def query_vectors(
     if rows:
         if not site:
             raise ConfigError("--rows needs --site (the site whose vectors are the queries)")
-        ids = _rows_or_fail(store, rows)
+        ids = _rows_or_fail(store, run, rows)
         return store.vectors(run, site, ids, dtype=np.float32), [f"row {i}" for i in ids]
     if not tokens:
         raise ConfigError("give the queries with --token T (repeatable) or --site S --rows SQL")
@@ -274,7 +274,7 @@ def lens_result(
 
     from actstore.query.similarity.nearest import logit_lens, top_tokens
 
-    ids = _rows_or_fail(store, rows)
+    ids = _rows_or_fail(store, run, rows)
     sites = sites or [s for s in store.sites(run) if s.startswith("hidden.")]
     parts = []
     for site in sites:

@@ -61,7 +61,7 @@ def _source(
         M = s.matrix(run, source)
         ids = np.arange(len(M), dtype=np.int64)
         if rows is not None:
-            ids = np.asarray(s.sql(rows).first_column() if isinstance(rows, str) else rows)
+            ids = np.asarray(s.select_ids(run, rows) if isinstance(rows, str) else rows)
             ids = ids.astype(np.int64)
             if len(ids) and (ids.min() < 0 or ids.max() >= len(M)):
                 raise ConfigError(f"token ids must be in [0, {len(M)}) for {source!r}")
