@@ -10,6 +10,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import zarr
 from zarr.storage import LocalStore
@@ -227,3 +228,21 @@ def test_rows_sql_is_scoped_to_the_run(hand_store: Path, tmp_path: Path) -> None
     argv = ["export", str(hand_store), "--run", "words", "--site", "hidden.0"]
     assert main([*argv, "--rows", rows_arg, "--out", str(out)]) == 0
     assert len(np.load(out)) == n_words
+
+
+def test_open_store_sees_results_saved_later(hand_store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from actstore.query.results import write_result
+
+    st = tmp_path / "h.acts"
+    shutil.copytree(hand_store, st)
+    with actstore.open(st) as s:
+        assert s.sql("SELECT count(*) FROM runs").fetchall()[0][0] >= 2
+        old = s.sql("SELECT * FROM runs")
+        write_result(st, "later", pa.table({"x": [1, 2, 3]}), meta={"analysis": "test"})
+        assert s.sql("SELECT sum(x) FROM later").fetchall()[0][0] == 6
+        assert "later" in s.tables
+        write_result(st, "later", pa.table({"x": [5]}), meta={"analysis": "test"})
+        assert s.sql("SELECT sum(x) FROM later").fetchall()[0][0] == 5
+        assert len(old.fetchall()) >= 2  # a result fetched before the refresh still reads

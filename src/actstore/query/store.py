@@ -61,6 +61,7 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self._reader = StoreReader(path)
         self._engine: SQLEngine | None = None
+        self._engine_sig: tuple[tuple[str, int], ...] = ()
 
     # -- store and runs --------------------------------------------------------------------
 
@@ -107,12 +108,28 @@ class Store:
 
     @property
     def engine(self) -> SQLEngine:
-        """The store's DuckDB connection (created on first use)."""
-        if self._engine is None:
+        """The store's DuckDB connection (created on first use, and anew when the saved
+        results change, so a result saved after opening is a view like the others)."""
+        sig = self._results_signature()
+        if self._engine is None or sig != self._engine_sig:
             from actstore.query.sql import SQLEngine
 
+            # the old connection is left to the garbage collector: results fetched from it
+            # may still be read
             self._engine = SQLEngine(self._reader)
+            self._engine_sig = sig
         return self._engine
+
+    def _results_signature(self) -> tuple[tuple[str, int], ...]:
+        from actstore.store.results import result_tables
+
+        out = []
+        for name, path in result_tables(self.path).items():
+            try:
+                out.append((name, path.stat().st_mtime_ns))
+            except FileNotFoundError:  # removed while listing
+                continue
+        return tuple(out)
 
     @property
     def tables(self) -> list[str]:
