@@ -1,11 +1,14 @@
 """Saved analysis results on disk: write (atomic for readers), read, list.
 
-A result is a folder ``results/<name>/`` with ``result.parquet`` (one table, shown by
-``Store.sql`` as a view named ``<name>``), optional ``arrays/<key>.npy`` (coefficients,
-dictionaries, ...) and ``meta.json`` (what was computed, on which run/site/rows, with
-which options, and when). A result is written to a temporary folder and renamed into
-place, so readers see the old result or the new one, never a half-written one; nothing
-else in the store is touched.
+A result ``results/<name>`` holds ``result.parquet`` (one table, shown by ``Store.sql`` as
+a view named ``<name>``), optional ``arrays/<key>.npy`` (coefficients, dictionaries, ...)
+and ``meta.json`` (what was computed, on which run/site/rows, with which options, and
+when). ``results/<name>`` is a symbolic link to a version folder under
+``results/.versions/``: a save writes a new version, then replaces the link in one atomic
+rename, so readers (and plain tools following the link) see the old result or the new
+one, never a half-written or missing one. A killed save leaves only a hidden version
+folder, which readers never see and the next save of that name removes. Names read from
+disk are validated like names typed.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import pyarrow.parquet as pq
 
 from actstore.errors import ConfigError, ResultNotFoundError
 from actstore.store.format import ARRAYS_DIR, RESULT_META, RESULT_TABLE, RESULTS_DIR
-from actstore.store.manifest import read_manifest
+from actstore.store.manifest import read_manifest, store_lock
 
 __all__ = [
     "RESULT_NAME",
@@ -37,6 +40,8 @@ __all__ = [
     "write_result",
 ]
 
+#: Folder (under ``results/``) of the result versions; ``results/<name>`` links to one.
+VERSIONS_DIR = ".versions"
 #: Result names double as SQL view names: an identifier that cannot clash with a table.
 RESULT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _RESERVED = {"docs", "tokens", "vocab", "runs", "sites", "results"}
@@ -87,31 +92,108 @@ def write_result(
     Path
         The result folder.
     """
+    root = Path(store) / RESULTS_DIR
     read_manifest(Path(store))
     _check_name(name)
     final = result_dir(store, name)
-    if final.exists() and not overwrite:
-        raise ConfigError(f"result {name!r} exists in {store}; pick another name or overwrite")
+    _check_free(root, name, overwrite)
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pandas(table, preserve_index=False)
-    tmp = final.parent / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / ARRAYS_DIR).mkdir(parents=True)
-    pq.write_table(table, tmp / RESULT_TABLE, compression="zstd")
+    # Everything goes into a fresh version folder that no reader sees; then one atomic
+    # rename of a symbolic link publishes it (readers see the old result or the new one).
+    version = root / VERSIONS_DIR / f"{name}-{time.time_ns()}-{os.getpid()}"
+    (version / ARRAYS_DIR).mkdir(parents=True)
+    pq.write_table(table, version / RESULT_TABLE, compression="zstd")
     for key, value in (arrays or {}).items():
-        np.save(tmp / ARRAYS_DIR / f"{key}.npy", np.asarray(value))
+        np.save(version / ARRAYS_DIR / f"{key}.npy", np.asarray(value))
     full_meta = {
         "name": name,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **dict(meta),
     }
-    (tmp / RESULT_META).write_text(json.dumps(full_meta, indent=2, default=_json_default) + "\n")
-    old = final.parent / f".{name}.old-{os.getpid()}"
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    (version / RESULT_META).write_text(
+        json.dumps(full_meta, indent=2, default=_json_default) + "\n"
+    )
+    _fsync_tree(version)
+    link = root / f".{name}.link-{os.getpid()}"
+    link.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(version, root), link)
+    with store_lock(Path(store)):
+        _check_free(root, name, overwrite)
+        if final.is_dir() and not final.is_symlink():  # a result saved by actstore < 0.2
+            final.rename(root / VERSIONS_DIR / f"{name}-0-legacy")
+        os.replace(link, final)
+        _fsync_dir(root)
+        _prune(root, name, keep=version.name)
     return final
+
+
+def _check_free(root: Path, name: str, overwrite: bool) -> None:
+    """Refuse a name taken (unless ``overwrite``) or differing from a saved one only in case
+    (SQL names are case-insensitive, so both could not be views)."""
+    existing = {p.name for p in root.iterdir()} if root.is_dir() else set()
+    clash = sorted(n for n in existing if n.lower() == name.lower() and n != name)
+    if clash:
+        raise ConfigError(
+            f"result {name!r} would clash with saved result {clash[0]!r} (SQL names ignore "
+            "case); pick another name"
+        )
+    if name in existing and not overwrite:
+        raise ConfigError(
+            f"result {name!r} exists in {root.parent}; pick another name or pass --overwrite"
+        )
+
+
+def _prune(root: Path, name: str, keep: str) -> None:
+    """Remove old versions of ``name`` (the current one and the one before stay, so a reader
+    that resolved the old link just before the swap can still read it) and dead temp links."""
+    versions = root / VERSIONS_DIR
+    mine = sorted(
+        (p for p in versions.glob(f"{name}-*") if _is_version(p, name)),
+        key=lambda p: int(p.name.split("-")[-2]),
+    )
+    others = [p for p in mine if p.name != keep]
+    for old in others[:-1]:
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in root.glob(f".{name}.link-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _is_version(path: Path, name: str) -> bool:
+    rest = path.name[len(name) + 1 :].split("-")
+    return len(rest) == 2 and rest[0].isdigit() and (rest[1].isdigit() or rest[1] == "legacy")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_tree(folder: Path) -> None:
+    for f in folder.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for d in [*(p for p in folder.rglob("*") if p.is_dir()), folder, folder.parent]:
+        _fsync_dir(d)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _json_default(value: Any) -> Any:
@@ -125,28 +207,60 @@ def _json_default(value: Any) -> Any:
 
 
 def read_result(store: str | Path, name: str) -> tuple[pa.Table, dict[str, Any], dict[str, Any]]:
-    """Return ``(table, meta, arrays)`` of result ``name``; arrays are memory-mapped."""
-    folder = result_dir(store, name)
-    if not (folder / RESULT_TABLE).is_file():
-        have = ", ".join(list_results(store)) or "none"
-        raise ResultNotFoundError(f"no result {name!r} in {store} (results: {have})")
-    arrays = {
-        f.stem: np.load(f, mmap_mode="r") for f in sorted((folder / ARRAYS_DIR).glob("*.npy"))
-    }
-    meta = json.loads((folder / RESULT_META).read_text())
-    return pq.read_table(folder / RESULT_TABLE), meta, arrays
+    """Return ``(table, meta, arrays)`` of result ``name``; arrays are memory-mapped.
+
+    Raises
+    ------
+    ConfigError
+        ``name`` is not a valid result name (e.g. a path such as ``../x``).
+    ResultNotFoundError
+        No result ``name`` in the store.
+    """
+    _check_name(name)
+    for attempt in range(5):
+        # resolve the link once, so table, meta and arrays come from one version; a
+        # version pruned meanwhile (two newer saves) is resolved again
+        folder = result_dir(store, name).resolve()
+        if not (folder / RESULT_TABLE).is_file():
+            if attempt < 4 and result_dir(store, name).is_symlink():
+                continue
+            have = ", ".join(list_results(store)) or "none"
+            raise ResultNotFoundError(f"no result {name!r} in {store} (results: {have})")
+        try:
+            arrays = {
+                f.stem: np.load(f, mmap_mode="r")
+                for f in sorted((folder / ARRAYS_DIR).glob("*.npy"))
+            }
+            meta = json.loads((folder / RESULT_META).read_text())
+            return pq.read_table(folder / RESULT_TABLE), meta, arrays
+        except FileNotFoundError:
+            continue
+    raise ResultNotFoundError(f"result {name!r} in {store} kept changing while being read")
 
 
 def result_tables(store: str | Path) -> dict[str, Path]:
-    """The table file of every saved result, by name (folders being written are skipped)."""
+    """The table file of every saved result, by name.
+
+    Hidden folders (versions, saves in progress) are skipped, and so is any folder whose
+    name is not a valid result name, or that repeats an earlier name up to case (SQL
+    names ignore case; actstore refuses to save such a pair).
+    """
     root = Path(store) / RESULTS_DIR
     if not root.is_dir():
         return {}
-    return {
-        p.name: p / RESULT_TABLE
-        for p in sorted(root.iterdir())
-        if not p.name.startswith(".") and (p / RESULT_TABLE).is_file()
-    }
+    out: dict[str, Path] = {}
+    seen: set[str] = set()
+    for p in sorted(root.iterdir()):
+        if not _valid_name(p.name) or p.name.lower() in seen:
+            continue
+        if (p / RESULT_TABLE).is_file():
+            out[p.name] = p / RESULT_TABLE
+            seen.add(p.name.lower())
+    return out
+
+
+def _valid_name(name: str) -> bool:
+    return bool(RESULT_NAME.match(name)) and name.lower() not in _RESERVED
 
 
 def list_results(store: str | Path) -> list[str]:
