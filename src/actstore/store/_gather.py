@@ -25,10 +25,10 @@ import numpy as np
 import numpy.typing as npt
 
 from actstore.errors import StoreError
+from actstore.store._shard import EMPTY, decode_index, index_nbytes
 
 __all__ = ["MapCache", "PartArray", "SiteArray"]
 
-_EMPTY = np.uint64(2**64 - 1)
 #: Gathers of at least this many rows are split over threads (page faults run in parallel).
 _THREAD_MIN_ROWS = 4096
 
@@ -205,8 +205,7 @@ class PartArray:
         lay = self.layout
         assert lay is not None
         path = self._shard_path(shard)
-        nbytes = self._per_shard * 16
-        index_len = nbytes + (4 if lay.index_crc else 0)
+        index_len = index_nbytes(self._per_shard, crc=lay.index_crc)
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
@@ -215,10 +214,10 @@ class PartArray:
             size = os.fstat(fd).st_size
             if size < index_len:
                 raise StoreError(f"shard file {path} is truncated; the store is damaged")
-            raw = os.pread(fd, nbytes, size - index_len if lay.index_at_end else 0)
+            raw = os.pread(fd, index_len, size - index_len if lay.index_at_end else 0)
         finally:
             os.close(fd)
-        return np.frombuffer(raw, np.dtype("<u8")).reshape(self._per_shard, 2)
+        return decode_index(raw, self._per_shard, crc=lay.index_crc, where=f"shard file {path}")
 
     def _load_index(self, shard: int) -> None:
         lay = self.layout
@@ -232,7 +231,7 @@ class PartArray:
             return
         index = index[: c1 - c0]
         offsets, lengths = index[:, 0], index[:, 1]
-        full = offsets != _EMPTY
+        full = offsets != EMPTY
         chunk_bytes = lay.chunk_rows * self._row_bytes
         if np.any(lengths[full] != chunk_bytes):
             raise StoreError(
@@ -366,7 +365,7 @@ class PartArray:
         local = rows - shard * lay.shard_rows
         for i, r in enumerate(local):
             offset, _ = index[r // lay.chunk_rows]
-            if offset == _EMPTY:
+            if offset == EMPTY:
                 out[i] = lay.fill
                 continue
             at = int(offset) + int(r % lay.chunk_rows) * self._row_bytes
