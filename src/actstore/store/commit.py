@@ -1,9 +1,11 @@
-"""Commit a run: once every part is complete, publish it as one run in ``actstore.json``.
+"""A run's life in the manifest: check a job against it, commit it, drop it.
 
-The commit numbers rows globally (part k's rows follow part k-1's), writes the run's
-tokens, vocabulary, docs and centroid tables, then ``run.json``, and last replaces the
-manifest atomically; only then can readers see the run. Every step before the manifest
-replace can be redone, so a commit killed half-way is finished by running it again.
+:func:`prepare_run` decides what a job writing a run may do with what is stored under
+that name. :func:`commit_run`, once every part is complete, numbers rows globally (part
+k's rows follow part k-1's), writes the run's tokens, vocabulary, docs and centroid
+tables, then ``run.json``, and last replaces the manifest atomically; only then can
+readers see the run. Every step before the manifest replace can be redone, so a commit
+killed half-way is finished by running it again.
 """
 
 from __future__ import annotations
@@ -19,20 +21,76 @@ import zarr
 from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore
 
-from actstore.errors import RunExistsError
+from actstore.errors import RunExistsError, StoreError
 from actstore.store._faults import crash_point
 from actstore.store.format import (
     ARRAYS_DIR,
+    CENTROIDS_DIR,
+    DOCS_DIR,
     MANIFEST_NAME,
+    TOKENS_DIR,
+    VOCAB_NAME,
+    VOCAB_STRINGS_NAME,
+    PartMetaJSON,
+    ProgressJSON,
     RunJSON,
+    docs_file_name,
     part_dir,
-    part_name,
     run_dir,
+    run_json_path,
+    staging_dir,
+    tokens_file_name,
 )
-from actstore.store.manifest import atomic_write_json, read_manifest, store_lock
-from actstore.store.part import Progress, load_json, load_progress, now_iso
+from actstore.store.manifest import atomic_write_json, read_manifest, read_run_json, store_lock
+from actstore.store.part import (
+    iter_part_metas,
+    load_progress,
+    now_iso,
+    read_part_meta,
+    remove_part,
+)
 
-__all__ = ["commit_run", "drop_run"]
+__all__ = ["commit_run", "drop_run", "prepare_run"]
+
+
+def prepare_run(
+    store: Path, run: str, identity: dict[str, Any], *, overwrite: bool, num_parts: int
+) -> RunJSON | None:
+    """Check a job writing ``run`` with ``identity`` against what ``store`` holds.
+
+    Returns the committed ``run.json`` if the run is committed with the same identity
+    (nothing left to do), else None (go on writing). With ``overwrite``, a committed run
+    is dropped and staged parts with another identity are deleted.
+
+    Raises
+    ------
+    RunExistsError
+        The run, or a staged part of it, was written with another identity and
+        ``overwrite`` is false.
+    """
+    if run in read_manifest(store)["runs"]:
+        if overwrite:
+            drop_run(store, run)
+            return None
+        done = read_run_json(store, run)
+        if done.get("identity") == identity:
+            return commit_run(store, run, num_parts)  # also tidies staging
+        raise RunExistsError(_differs(run, done.get("identity") or {}, identity))
+    for index, meta in iter_part_metas(store, run):
+        if meta["identity"] != identity:
+            if not overwrite:
+                raise RunExistsError(_differs(run, meta["identity"], identity))
+            remove_part(store, run, index)
+    return None
+
+
+def _differs(run: str, old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+    shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:3])
+    return (
+        f"run {run!r} exists with other arguments ({shown}); "
+        "pick another --run name, or pass --overwrite to replace it"
+    )
 
 
 def drop_run(store: Path, run: str) -> None:
@@ -42,7 +100,7 @@ def drop_run(store: Path, run: str) -> None:
         if manifest["runs"].pop(run, None) is not None:
             atomic_write_json(store / MANIFEST_NAME, manifest)
     shutil.rmtree(run_dir(store, run), ignore_errors=True)
-    for f in (store / "docs").glob(f"{run}.part-*.parquet"):
+    for f in (store / DOCS_DIR).glob(f"{run}.part-*.parquet"):
         f.unlink()
 
 
@@ -61,17 +119,17 @@ def commit_run(store: Path, run: str, num_parts: int) -> RunJSON | None:
     with store_lock(store):
         manifest = read_manifest(store)
         if run in manifest["runs"]:
-            done: RunJSON = load_json(rdir / "run.json")
+            done = read_run_json(store, run)
             # staging left by a commit killed after publishing
-            shutil.rmtree(rdir / "parts", ignore_errors=True)
+            shutil.rmtree(staging_dir(store, run), ignore_errors=True)
             return done
-        progresses: list[Progress] = []
+        progresses: list[ProgressJSON] = []
         for k in range(num_parts):
             prog = load_progress(store, run, k)
             if prog is None or not prog["complete"]:
                 return None
             progresses.append(prog)
-        metas = [load_json(part_dir(store, run, k) / "meta.json") for k in range(num_parts)]
+        metas = [_part_meta(store, run, k) for k in range(num_parts)]
         for k, meta in enumerate(metas[1:], start=1):
             if meta["identity"] != metas[0]["identity"]:
                 raise RunExistsError(
@@ -128,7 +186,7 @@ def commit_run(store: Path, run: str, num_parts: int) -> RunJSON | None:
         }
         if centroid_sites:
             run_json["centroids"] = centroid_sites
-        atomic_write_json(rdir / "run.json", run_json)
+        atomic_write_json(run_json_path(store, run), run_json)
         crash_point()
         manifest["runs"][run] = {
             "committed_at": committed_at,
@@ -138,14 +196,24 @@ def commit_run(store: Path, run: str, num_parts: int) -> RunJSON | None:
         }
         atomic_write_json(store / MANIFEST_NAME, manifest)
         crash_point()
-    shutil.rmtree(rdir / "parts", ignore_errors=True)
+    shutil.rmtree(staging_dir(store, run), ignore_errors=True)
     return run_json
 
 
+def _part_meta(store: Path, run: str, index: int) -> PartMetaJSON:
+    meta = read_part_meta(store, run, index)
+    if meta is None:  # a complete part always has its meta.json
+        raise StoreError(
+            f"part {index} of run {run!r} in {store} is complete but has no meta.json; "
+            "the staging is damaged, re-run that shard with --overwrite"
+        )
+    return meta
+
+
 def _write_tokens(
-    store: Path, run: str, progresses: list[Progress], offsets: Any, vocab_size: int
+    store: Path, run: str, progresses: list[ProgressJSON], offsets: Any, vocab_size: int
 ) -> Any:
-    out = run_dir(store, run) / "tokens"
+    out = run_dir(store, run) / TOKENS_DIR
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     counts = np.zeros(vocab_size, dtype=np.int64)
@@ -158,7 +226,7 @@ def _write_tokens(
             counts += np.bincount(ids, minlength=vocab_size)[:vocab_size]
             pq.write_table(
                 table,
-                out / f"{part_name(k)}-{i:06d}.parquet",
+                out / tokens_file_name(k, i),
                 row_group_size=128 * 1024,
                 compression="zstd",
                 # row/pos/spans grow steadily: delta encoding makes a selective filter
@@ -173,14 +241,14 @@ def _write_tokens(
 
 def _write_vocab(store: Path, run: str, counts: Any) -> None:
     rdir = run_dir(store, run)
-    strings = pq.read_table(part_dir(store, run, 0) / "vocab_strings.parquet")
+    strings = pq.read_table(part_dir(store, run, 0) / VOCAB_STRINGS_NAME)
     n = strings.num_rows
     table = strings.append_column("count", pa.array(counts[:n], pa.int64()))
-    pq.write_table(table, rdir / "vocab.parquet", compression="zstd")
+    pq.write_table(table, rdir / VOCAB_NAME, compression="zstd")
 
 
-def _write_docs(store: Path, run: str, progresses: list[Progress]) -> int:
-    out = store / "docs"
+def _write_docs(store: Path, run: str, progresses: list[ProgressJSON]) -> int:
+    out = store / DOCS_DIR
     out.mkdir(exist_ok=True)
     n_docs = 0
     for k, prog in enumerate(progresses):
@@ -191,7 +259,7 @@ def _write_docs(store: Path, run: str, progresses: list[Progress]) -> int:
         n_docs += table.num_rows
         pq.write_table(
             table,
-            out / f"{run}.{part_name(k)}.parquet",
+            out / docs_file_name(run, k),
             row_group_size=64 * 1024,
             compression="zstd",
         )
@@ -199,7 +267,7 @@ def _write_docs(store: Path, run: str, progresses: list[Progress]) -> int:
 
 
 def _write_centroids(
-    store: Path, run: str, progresses: list[Progress], meta: dict[str, Any], vocab_size: int
+    store: Path, run: str, progresses: list[ProgressJSON], meta: PartMetaJSON, vocab_size: int
 ) -> list[str]:
     files = [p["centroid_file"] for p in progresses]
     if not any(files):
@@ -220,7 +288,7 @@ def _write_centroids(
     for site, total in sums.items():
         arr = zarr.create_array(
             store=root,
-            name=f"centroids/{site}",
+            name=f"{CENTROIDS_DIR}/{site}",
             shape=total.shape,
             chunks=(min(vocab_size, 1024), total.shape[1]),
             dtype=np.float64,
@@ -232,7 +300,7 @@ def _write_centroids(
         arr[...] = total
     arr = zarr.create_array(
         store=root,
-        name="centroids/count",
+        name=f"{CENTROIDS_DIR}/count",
         shape=count.shape,
         chunks=(vocab_size,),
         dtype=np.int64,

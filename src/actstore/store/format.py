@@ -11,34 +11,71 @@ from typing import Literal, NotRequired, TypedDict
 
 __all__ = [
     "ARRAYS_DIR",
+    "CENTROIDS_DIR",
+    "DOCS_DIR",
     "DOCS_SCHEMA_BASE",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "LOCK_NAME",
     "MANIFEST_NAME",
+    "PARTS_DIR",
+    "PART_META_NAME",
+    "PROGRESS_NAME",
+    "PROGRESS_VERSION",
     "RESULTS_DIR",
     "RESULT_META",
     "RESULT_TABLE",
+    "RUNS_DIR",
+    "RUN_JSON_NAME",
     "TOKENS_COLUMNS",
+    "TOKENS_DIR",
+    "VOCAB_NAME",
+    "VOCAB_STRINGS_NAME",
     "ManifestJSON",
     "ManifestRunJSON",
     "PartJSON",
+    "PartMetaJSON",
+    "ProgressJSON",
     "RunJSON",
     "SiteJSON",
     "StorageDType",
+    "docs_file_name",
     "part_array_path",
     "part_dir",
+    "part_index",
     "part_name",
     "run_dir",
+    "run_json_path",
+    "staging_dir",
+    "tokens_file_name",
 ]
 
 FORMAT_NAME = "actstore"
 FORMAT_VERSION = 1
+
+# -- names in the store root
 MANIFEST_NAME = "actstore.json"
-ARRAYS_DIR = "arrays"
-#: ``results/<name>/``: a saved analysis result (table, meta.json, arrays/*.npy).
+LOCK_NAME = ".actstore.lock"
+DOCS_DIR = "docs"
+RUNS_DIR = "runs"
+#: ``results/<name>``: a saved analysis result (table, meta.json, arrays/*.npy)
 RESULTS_DIR = "results"
 RESULT_TABLE = "result.parquet"
 RESULT_META = "meta.json"
+
+# -- names in runs/<run>/ (TOKENS_DIR and DOCS_DIR are reused inside a part's staging)
+RUN_JSON_NAME = "run.json"
+TOKENS_DIR = "tokens"
+VOCAB_NAME = "vocab.parquet"
+ARRAYS_DIR = "arrays"
+CENTROIDS_DIR = "centroids"
+PARTS_DIR = "parts"
+
+# -- names in runs/<run>/parts/part-KKKK/ (staging of an unfinished part)
+PART_META_NAME = "meta.json"
+PROGRESS_NAME = "progress.json"
+PROGRESS_VERSION = 1
+VOCAB_STRINGS_NAME = "vocab_strings.parquet"
 
 StorageDType = Literal["float32", "float16", "bfloat16"]
 
@@ -114,9 +151,58 @@ class RunJSON(TypedDict):
     committed_at: str
 
 
+class PartMetaJSON(TypedDict):
+    """``runs/<run>/parts/part-KKKK/meta.json``: what a part was started with.
+
+    Written when a part starts (and again when it resumes); the commit copies these
+    fields of part 0 into ``run.json``, after checking every part has the same identity.
+    """
+
+    identity: dict[str, object]
+    config: dict[str, object]
+    model: dict[str, object]
+    tokenizer: dict[str, object]
+    sites: list[SiteJSON]
+    matrices: dict[str, list[int]]
+    head: dict[str, object]
+    dtype: StorageDType
+    vocab_size: int
+    versions: dict[str, str]
+    created_at: str
+
+
+class ProgressJSON(TypedDict):
+    """``runs/<run>/parts/part-KKKK/progress.json``: the part's last durable checkpoint.
+
+    Every file listed (relative to the part's staging directory) is complete on disk;
+    the part's site arrays hold ``rows`` rows.
+    """
+
+    version: int
+    pools: int
+    consumed: int
+    rows: int
+    counts: dict[str, int]
+    timings: dict[str, float]
+    token_files: list[str]
+    doc_files: list[str]
+    centroid_file: str | None
+    complete: bool
+
+
 def run_dir(store: Path, run: str) -> Path:
     """Directory of run ``run`` inside ``store``."""
-    return store / "runs" / run
+    return store / RUNS_DIR / run
+
+
+def run_json_path(store: Path, run: str) -> Path:
+    """``run.json`` of run ``run`` (present once the run is committed)."""
+    return run_dir(store, run) / RUN_JSON_NAME
+
+
+def staging_dir(store: Path, run: str) -> Path:
+    """Directory holding the staging of every unfinished part of ``run``."""
+    return run_dir(store, run) / PARTS_DIR
 
 
 def part_name(index: int) -> str:
@@ -126,9 +212,25 @@ def part_name(index: int) -> str:
 
 def part_dir(store: Path, run: str, index: int) -> Path:
     """Staging directory of one shard writer (progress, local token files)."""
-    return run_dir(store, run) / "parts" / part_name(index)
+    return staging_dir(store, run) / part_name(index)
+
+
+def part_index(name: str) -> int | None:
+    """The index of a part directory name (``part-0003`` -> 3); None for other names."""
+    digits = name.removeprefix("part-")
+    return int(digits) if digits != name and digits.isdigit() else None
 
 
 def part_array_path(index: int, site: str) -> str:
     """Path of a site array of one part, relative to the run's Zarr group."""
     return f"{part_name(index)}/{site}"
+
+
+def tokens_file_name(index: int, seq: int) -> str:
+    """Name of a committed tokens file in ``runs/<run>/tokens/`` (part, then sequence)."""
+    return f"{part_name(index)}-{seq:06d}.parquet"
+
+
+def docs_file_name(run: str, index: int) -> str:
+    """Name of the docs file of one part of ``run`` in the store's ``docs/``."""
+    return f"{run}.{part_name(index)}.parquet"

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow.parquet as pq
 
-from actstore.store.format import FORMAT_VERSION, run_dir
-from actstore.store.manifest import read_manifest
-from actstore.store.part import load_json, load_progress
+from actstore.store.format import (
+    DOCS_DIR,
+    FORMAT_VERSION,
+    RUNS_DIR,
+    part_name,
+    run_dir,
+    staging_dir,
+)
+from actstore.store.manifest import read_manifest, read_run_json
+from actstore.store.part import iter_part_metas, load_progress, part_indices
 
 __all__ = ["format_info", "store_info"]
 
@@ -30,7 +37,7 @@ def store_info(store: str | Path) -> dict[str, Any]:
     manifest = read_manifest(store)
     runs = []
     for name in sorted(manifest["runs"]):
-        rj = load_json(run_dir(store, name) / "run.json")
+        rj = read_run_json(store, name)
         n_rows = rj["counts"]["rows"]
         runs.append(
             {
@@ -52,33 +59,13 @@ def store_info(store: str | Path) -> dict[str, Any]:
                 "committed_at": rj["committed_at"],
             }
         )
-    pending = []
-    runs_root = store / "runs"
-    if runs_root.is_dir():
-        for rdir in sorted(runs_root.iterdir()):
-            if rdir.name in manifest["runs"] or not (rdir / "parts").is_dir():
-                continue
-            parts = []
-            for pdir in sorted((rdir / "parts").glob("part-*")):
-                prog = load_progress(store, rdir.name, int(pdir.name.removeprefix("part-")))
-                parts.append(
-                    {
-                        "part": pdir.name,
-                        "rows": prog["rows"] if prog else 0,
-                        "complete": bool(prog and prog["complete"]),
-                    }
-                )
-            metas = [load_json(q / "meta.json") for q in sorted((rdir / "parts").glob("part-*"))]
-            declared = [int(m["identity"].get("num_shards", 1)) for m in metas if m]
-            pending.append(
-                {
-                    "run": rdir.name,
-                    "parts": parts,
-                    "num_parts": max([*declared, len(parts)]),
-                    "bytes": _bytes(rdir),
-                }
-            )
-    docs_dir = store / "docs"
+    runs_root = store / RUNS_DIR
+    pending = [
+        _pending(store, rdir.name)
+        for rdir in (sorted(runs_root.iterdir()) if runs_root.is_dir() else [])
+        if rdir.name not in manifest["runs"] and staging_dir(store, rdir.name).is_dir()
+    ]
+    docs_dir = store / DOCS_DIR
     doc_ids: set[int] = set()
     for f in sorted(docs_dir.glob("*.parquet")) if docs_dir.is_dir() else []:
         run = f.name.split(".part-")[0]
@@ -92,6 +79,30 @@ def store_info(store: str | Path) -> dict[str, Any]:
         "bytes": _bytes(store),
         "runs": runs,
         "pending": pending,
+    }
+
+
+def _pending(store: Path, run: str) -> dict[str, Any]:
+    """A run not yet committed: its staged parts and the rows each has checkpointed."""
+    parts = []
+    for index in part_indices(store, run):
+        prog = load_progress(store, run, index)
+        parts.append(
+            {
+                "part": part_name(index),
+                "rows": prog["rows"] if prog else 0,
+                "complete": bool(prog and prog["complete"]),
+            }
+        )
+    declared = [
+        int(cast("int", meta["identity"].get("num_shards", 1)))
+        for _, meta in iter_part_metas(store, run)
+    ]
+    return {
+        "run": run,
+        "parts": parts,
+        "num_parts": max([*declared, len(parts)]),
+        "bytes": _bytes(run_dir(store, run)),
     }
 
 

@@ -1,7 +1,8 @@
 """Read and atomically update ``actstore.json``, the list of committed runs.
 
 A run becomes visible to readers only when its name appears here; writers update the
-file under an exclusive lock with write-temp, fsync, rename.
+file under an exclusive lock with write-temp, fsync, rename. A committed run's record,
+``run.json``, is read here too.
 """
 
 from __future__ import annotations
@@ -15,13 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from actstore.errors import FormatVersionError, StoreError, StoreNotFoundError
-from actstore.store.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, ManifestJSON
+from actstore.store.format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    ManifestJSON,
+    RunJSON,
+    run_json_path,
+)
 
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "create_store",
     "read_manifest",
+    "read_run_json",
     "store_lock",
     "update_manifest",
 ]
@@ -94,6 +104,24 @@ def read_manifest(store: Path) -> ManifestJSON:
     return _check_manifest(path, data)
 
 
+def read_run_json(store: Path, run: str) -> RunJSON:
+    """The ``run.json`` of the committed run ``run``.
+
+    Raises
+    ------
+    StoreError
+        The file is missing or not valid JSON (the store is incomplete or damaged).
+    """
+    try:
+        data: RunJSON = json.loads(run_json_path(store, run).read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        raise StoreError(
+            f"run {run!r} is committed in {store} but its run.json is missing or damaged "
+            f"({e}); the store is incomplete"
+        ) from e
+    return data
+
+
 def create_store(store: Path) -> ManifestJSON:
     """Open ``store`` for writing, creating an empty store if the path is new or empty.
 
@@ -123,7 +151,7 @@ def create_store(store: Path) -> ManifestJSON:
 @contextlib.contextmanager
 def store_lock(store: Path) -> Iterator[None]:
     """Hold the store's exclusive writer lock (``.actstore.lock``, advisory ``flock``)."""
-    fd = os.open(Path(store) / ".actstore.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(Path(store) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -21,43 +21,45 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from actstore.store._faults import crash_point
-from actstore.store.arrays import Layout, RowArrayWriter
+from actstore.store.arrays import Layout, RowArrayWriter, write_matrix
 from actstore.store.format import (
     ARRAYS_DIR,
+    CENTROIDS_DIR,
+    DOCS_DIR,
+    PART_META_NAME,
+    PROGRESS_NAME,
+    PROGRESS_VERSION,
     TOKENS_COLUMNS,
+    TOKENS_DIR,
+    VOCAB_STRINGS_NAME,
+    PartMetaJSON,
+    ProgressJSON,
     StorageDType,
     part_array_path,
     part_dir,
+    part_index,
     part_name,
     run_dir,
+    staging_dir,
 )
 from actstore.store.manifest import atomic_write_json
 
 __all__ = [
     "PartWriter",
     "Progress",
+    "discard_part",
+    "iter_part_metas",
     "load_json",
     "load_progress",
+    "now_iso",
+    "part_indices",
+    "read_part_meta",
     "remove_part",
     "tokens_schema",
 ]
 
-PROGRESS_VERSION = 1
-
-
-class Progress(TypedDict):
-    """``progress.json`` of a part: the last durable checkpoint."""
-
-    version: int
-    pools: int
-    consumed: int
-    rows: int
-    counts: dict[str, int]
-    timings: dict[str, float]
-    token_files: list[str]
-    doc_files: list[str]
-    centroid_file: str | None
-    complete: bool
+#: The checkpoint of a part (``progress.json``); the name the writer code has always used.
+Progress = ProgressJSON
 
 
 def tokens_schema() -> pa.Schema:
@@ -76,10 +78,41 @@ def remove_part(store: Path, run: str, index: int) -> None:
     shutil.rmtree(run_dir(store, run) / ARRAYS_DIR / part_name(index), ignore_errors=True)
 
 
-def load_progress(store: Path, run: str, index: int) -> Progress | None:
+def discard_part(store: Path, run: str, index: int) -> None:
+    """Delete a part that stored nothing, and the run's directory if no other part is left."""
+    remove_part(store, run, index)
+    staging = staging_dir(store, run)
+    if not (staging.is_dir() and any(staging.iterdir())):
+        shutil.rmtree(run_dir(store, run), ignore_errors=True)
+
+
+def load_progress(store: Path, run: str, index: int) -> ProgressJSON | None:
     """The checkpoint of part ``index`` of ``run``, or None if it has none."""
-    data: Progress | None = load_json(part_dir(store, run, index) / "progress.json")
+    data: ProgressJSON | None = load_json(part_dir(store, run, index) / PROGRESS_NAME)
     return data
+
+
+def read_part_meta(store: Path, run: str, index: int) -> PartMetaJSON | None:
+    """``meta.json`` of part ``index`` of ``run`` (what it was started with), or None."""
+    data: PartMetaJSON | None = load_json(part_dir(store, run, index) / PART_META_NAME)
+    return data
+
+
+def part_indices(store: Path, run: str) -> list[int]:
+    """Indices of the parts of ``run`` that have a staging directory, in order."""
+    staging = staging_dir(store, run)
+    if not staging.is_dir():
+        return []
+    found = (part_index(p.name) for p in staging.iterdir() if p.is_dir())
+    return sorted(i for i in found if i is not None)
+
+
+def iter_part_metas(store: Path, run: str) -> Iterator[tuple[int, PartMetaJSON]]:
+    """``(index, meta.json)`` of every staged part of ``run`` that has written its meta."""
+    for index in part_indices(store, run):
+        meta = read_part_meta(store, run, index)
+        if meta is not None:
+            yield index, meta
 
 
 class PartWriter:
@@ -129,8 +162,8 @@ class PartWriter:
             rows: int | None = None
         else:
             rows = resume["rows"]
-        (self.dir / "tokens").mkdir(parents=True, exist_ok=True)
-        (self.dir / "docs").mkdir(parents=True, exist_ok=True)
+        (self.dir / TOKENS_DIR).mkdir(parents=True, exist_ok=True)
+        (self.dir / DOCS_DIR).mkdir(parents=True, exist_ok=True)
         self._remove_debris(resume)
         self.progress = resume
         self.writers = {
@@ -151,7 +184,7 @@ class PartWriter:
         listed = {*progress["token_files"], *progress["doc_files"]}
         if progress["centroid_file"]:
             listed.add(progress["centroid_file"])
-        for sub in ("tokens", "docs", "centroids"):
+        for sub in (TOKENS_DIR, DOCS_DIR, CENTROIDS_DIR):
             folder = self.dir / sub
             if folder.is_dir():
                 for f in folder.iterdir():
@@ -162,6 +195,45 @@ class PartWriter:
     def rows(self) -> int:
         """Rows appended so far (durable or not)."""
         return self._rows
+
+    def write_meta(self, meta: PartMetaJSON) -> None:
+        """Record what this part is started (or resumed) with, as its ``meta.json``."""
+        atomic_write_json(self.dir / PART_META_NAME, meta)
+
+    @property
+    def has_vocab_strings(self) -> bool:
+        """Whether the vocabulary strings are saved already (by an earlier attempt)."""
+        return (self.dir / VOCAB_STRINGS_NAME).is_file()
+
+    def write_vocab_strings(self, table: pa.Table) -> None:
+        """Save the vocabulary's strings (``token_id``, ``token``, ``piece``, ``special``).
+
+        The commit adds the run's token counts to part 0's table to make ``vocab.parquet``.
+        """
+        pq.write_table(table, self.dir / VOCAB_STRINGS_NAME)
+
+    def write_matrices(self, matrices: Mapping[str, npt.NDArray[Any]]) -> None:
+        """Write the run's per-vocabulary matrices (``embed``, ``unembed``, ...), replacing them.
+
+        They belong to the run, not to a part; one part (part 0) writes them.
+        """
+        for name, x in matrices.items():
+            write_matrix(self.arrays_root, name, x)
+
+    def doc_ids(self) -> set[int]:
+        """``doc_id`` of every doc in the checkpointed doc files (the docs already stored)."""
+        seen: set[int] = set()
+        for name in self.progress["doc_files"]:
+            seen.update(pq.read_table(self.dir / name, columns=["doc_id"]).column(0).to_pylist())
+        return seen
+
+    def saved_centroids(self) -> dict[str, npt.NDArray[Any]] | None:
+        """The centroid state of the last checkpoint (as given to :meth:`checkpoint`), or None."""
+        name = self.progress["centroid_file"]
+        if not name:
+            return None
+        with np.load(self.dir / name) as saved:
+            return dict(saved)
 
     def add_batch(
         self, arrays: Mapping[str, npt.NDArray[Any]], tokens: Mapping[str, npt.NDArray[Any]]
@@ -184,7 +256,7 @@ class PartWriter:
         self,
         *,
         consumed: int,
-        docs: pa.Table,
+        docs: pa.Table | None = None,
         counts: Mapping[str, int],
         timings: Mapping[str, float],
         centroids: Mapping[str, npt.NDArray[Any]] | None = None,
@@ -196,8 +268,8 @@ class PartWriter:
         ----------
         consumed : int
             Source records read so far (where a resumed job starts reading).
-        docs : pyarrow.Table
-            The docs of this pool (their rows are all appended already).
+        docs : pyarrow.Table or None
+            The docs of this pool (their rows are all appended already); None for none.
         counts, timings : mapping
             Counters and seconds of this pool, added to the running totals.
         centroids : mapping or None
@@ -213,22 +285,22 @@ class PartWriter:
         if self._tokens:
             cols = {k: np.concatenate([t[k] for t in self._tokens]) for k in TOKENS_COLUMNS}
             table = pa.table(cols, schema=tokens_schema())
-            name = f"tokens/{seq:06d}.parquet"
+            name = f"{TOKENS_DIR}/{seq:06d}.parquet"
             _write_parquet(table, self.dir / name)
             token_files.append(name)
             self._tokens = []
             crash_point()
         doc_files = list(self.progress["doc_files"])
-        if docs.num_rows:
-            name = f"docs/{seq:06d}.parquet"
+        if docs is not None and docs.num_rows:
+            name = f"{DOCS_DIR}/{seq:06d}.parquet"
             _write_parquet(docs, self.dir / name)
             doc_files.append(name)
         centroid_file = self.progress["centroid_file"]
         old_centroids = centroid_file
         if centroids is not None:
-            (self.dir / "centroids").mkdir(exist_ok=True)
-            centroid_file = f"centroids/{seq:06d}.npz"
-            tmp = self.dir / f"centroids/.{seq:06d}.tmp.npz"
+            (self.dir / CENTROIDS_DIR).mkdir(exist_ok=True)
+            centroid_file = f"{CENTROIDS_DIR}/{seq:06d}.npz"
+            tmp = self.dir / f"{CENTROIDS_DIR}/.{seq:06d}.tmp.npz"
             np.savez(tmp, **dict[str, Any](centroids))
             tmp.replace(self.dir / centroid_file)
             crash_point()
@@ -250,7 +322,7 @@ class PartWriter:
             centroid_file=centroid_file,
             complete=complete,
         )
-        atomic_write_json(self.dir / "progress.json", self.progress)
+        atomic_write_json(self.dir / PROGRESS_NAME, self.progress)
         crash_point()
         if old_centroids and old_centroids != centroid_file:
             (self.dir / old_centroids).unlink(missing_ok=True)
@@ -260,7 +332,7 @@ class PartWriter:
         """Mark the part complete (after its last checkpoint)."""
         self.progress = self.progress.copy()
         self.progress["complete"] = True
-        atomic_write_json(self.dir / "progress.json", self.progress)
+        atomic_write_json(self.dir / PROGRESS_NAME, self.progress)
         return self.progress
 
 

@@ -6,7 +6,6 @@ run whose parts are not all done, does not exist for a reader. Nothing here writ
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -26,13 +25,18 @@ from actstore.store._gather import MapCache, PartArray, SiteArray
 from actstore.store.dtypes import logical_numpy_dtype, to_logical
 from actstore.store.format import (
     ARRAYS_DIR,
+    CENTROIDS_DIR,
+    DOCS_DIR,
+    TOKENS_DIR,
+    VOCAB_NAME,
     ManifestJSON,
     RunJSON,
     SiteJSON,
     part_array_path,
     run_dir,
+    staging_dir,
 )
-from actstore.store.manifest import read_manifest
+from actstore.store.manifest import read_manifest, read_run_json
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -100,13 +104,7 @@ class RunReader:
         self.name = name
         self.dir = run_dir(store, name)
         self._maps = maps
-        try:
-            self.meta: RunJSON = json.loads((self.dir / "run.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError) as e:
-            raise StoreError(
-                f"run {name!r} is committed in {store} but its run.json is missing or damaged "
-                f"({e}); the store is incomplete"
-            ) from e
+        self.meta: RunJSON = read_run_json(store, name)
         self._sites: dict[str, SiteArray] = {}
 
     @property
@@ -143,18 +141,18 @@ class RunReader:
     @cached_property
     def token_files(self) -> list[Path]:
         """The run's tokens Parquet files in row order."""
-        folder = self.dir / "tokens"
+        folder = self.dir / TOKENS_DIR
         return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
 
     @property
     def vocab_file(self) -> Path | None:
         """``vocab.parquet`` of the run, if present."""
-        path = self.dir / "vocab.parquet"
+        path = self.dir / VOCAB_NAME
         return path if path.is_file() else None
 
     def doc_files(self) -> list[Path]:
         """The docs Parquet files written by this run."""
-        folder = self.store / "docs"
+        folder = self.store / DOCS_DIR
         return sorted(folder.glob(f"{self.name}.part-*.parquet")) if folder.is_dir() else []
 
     def site_array(self, site: str) -> SiteArray:
@@ -215,7 +213,7 @@ class RunReader:
 
     def centroid_sums(self, site: str) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
         """Stored ``(sums [V, d] float64, counts [V] int64)`` of ``site``."""
-        root = self.arrays_root / "centroids"
+        root = self.arrays_root / CENTROIDS_DIR
         return _read_zarr(root / site), _read_zarr(root / "count")
 
 
@@ -261,7 +259,7 @@ class StoreReader:
             No committed run of that name.
         """
         if name not in self.manifest["runs"]:
-            pending = (run_dir(self.path, name) / "parts").is_dir()
+            pending = staging_dir(self.path, name).is_dir()
             hint = (
                 " (it is still being written or not all its shards are done; see `actstore info`)"
                 if pending

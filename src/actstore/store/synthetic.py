@@ -15,11 +15,11 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from actstore.errors import StoreError
-from actstore.store.arrays import Layout, write_matrix
+from actstore.store.arrays import Layout
 from actstore.store.commit import commit_run
 from actstore.store.dtypes import to_physical
-from actstore.store.format import ARRAYS_DIR, RunJSON, StorageDType, part_dir, run_dir
-from actstore.store.manifest import atomic_write_json, create_store
+from actstore.store.format import PartMetaJSON, RunJSON, StorageDType
+from actstore.store.manifest import create_store
 from actstore.store.part import PartWriter, now_iso
 
 __all__ = ["synthetic_rows", "write_synthetic_run"]
@@ -66,26 +66,22 @@ def write_synthetic_run(
     layout = layout or Layout()
     rng = np.random.default_rng(seed)
     embed = rng.standard_normal((vocab_size, d), dtype=np.float32)
-    write_matrix(run_dir(store, run) / ARRAYS_DIR, "embed", embed)
     for k in range(num_parts):
         part = PartWriter(
             store, run, k, sites=dict.fromkeys(sites, d), dtype=dtype, layout=layout, resume=None
         )
-        pdir = part_dir(store, run, k)
-        atomic_write_json(pdir / "meta.json", _meta(sites, d, dtype, vocab_size, seed))
-        pa_ids = pa.array(range(vocab_size), pa.int32())
-        import pyarrow.parquet as pq
-
-        pq.write_table(
+        if k == 0:
+            part.write_matrices({"embed": embed})
+        part.write_meta(_meta(sites, d, dtype, vocab_size, seed))
+        part.write_vocab_strings(
             pa.table(
                 {
-                    "token_id": pa_ids,
+                    "token_id": pa.array(range(vocab_size), pa.int32()),
                     "token": pa.array([f"t{i}" for i in range(vocab_size)], pa.string()),
                     "piece": pa.array([f"t{i}" for i in range(vocab_size)], pa.string()),
                     "special": pa.array(np.zeros(vocab_size, bool)),
                 }
-            ),
-            pdir / "vocab_strings.parquet",
+            )
         )
         docs = np.arange(k, n_docs, num_parts)
         for p0 in range(0, len(docs), docs_per_pool):
@@ -125,8 +121,13 @@ def write_synthetic_run(
 
 def _meta(
     sites: tuple[str, ...], d: int, dtype: StorageDType, vocab_size: int, seed: int
-) -> dict[str, Any]:
-    identity = {"synthetic": True, "seed": seed, "sites": list(sites), "dtype": dtype}
+) -> PartMetaJSON:
+    identity: dict[str, object] = {
+        "synthetic": True,
+        "seed": seed,
+        "sites": list(sites),
+        "dtype": dtype,
+    }
     return {
         "identity": identity,
         "config": identity,
