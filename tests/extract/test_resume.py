@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -68,6 +71,18 @@ ARGS = [
 ]
 
 
+# the CLI, then the number of crash points it passed on stderr (counting needs a
+# crash point that is never reached)
+_COUNTING_MAIN = (
+    "import atexit, sys\n"
+    "from actstore.store._faults import crash_points_passed\n"
+    "atexit.register(lambda: print(f'crash points: {crash_points_passed()}', file=sys.stderr))\n"
+    "from actstore.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+_NEVER = 10**9
+
+
 def cli(
     model: Path,
     data: Path,
@@ -79,10 +94,10 @@ def cli(
     env.pop("ACTSTORE_CRASH_AT", None)
     if crash_at is not None:
         env["ACTSTORE_CRASH_AT"] = str(crash_at)
+    main = ["-c", _COUNTING_MAIN] if crash_at == _NEVER else ["-m", "actstore.cli"]
     cmd = [
         sys.executable,
-        "-m",
-        "actstore.cli",
+        *main,
         "extract",
         "--model",
         str(model),
@@ -94,6 +109,43 @@ def cli(
         *(extra or []),
     ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def killed(proc: subprocess.Popen[bytes], signal_now: bool = False) -> None:
+    """Wait for ``proc`` (SIGKILLed now if ``signal_now``) and check it died by SIGKILL."""
+    if signal_now:
+        proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, (
+        f"the job was not killed mid-run (exit {proc.returncode}): {err.decode()[-2000:]}"
+    )
+
+
+def assert_interrupted(store: Path, *, committed: bool = False) -> None:
+    """The killed job left its staging to resume from (and published the run only if
+    it was killed after the manifest update)."""
+    manifest = json.loads((store / "actstore.json").read_text())
+    assert ("r" in manifest["runs"]) == committed
+    assert (store / "runs/r/parts/part-0000").is_dir()
+
+
+def wait_for(proc: subprocess.Popen[bytes], done: Callable[[], bool], what: str) -> float:
+    """Poll until ``done()``; the time it became true. Fails if the job ends first."""
+    deadline = time.monotonic() + 300
+    while not done():
+        assert proc.poll() is None, f"the job ended before {what}: {proc.communicate()[1]!r}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+    return time.monotonic()
+
+
+def newest_shard_ns(store: Path) -> int:
+    """mtime of the newest shard file of part 0's site arrays (0 if none yet)."""
+    times = [0]
+    for f in store.glob("runs/r/arrays/part-0000/*/c/*/0"):
+        with contextlib.suppress(FileNotFoundError):
+            times.append(f.stat().st_mtime_ns)
+    return max(times)
 
 
 def snapshot(store: Path) -> dict[str, Any]:
@@ -133,40 +185,47 @@ def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert a["docs"].equals(b["docs"])
 
 
+class Reference(NamedTuple):
+    data: Path
+    snapshot: dict[str, Any]
+    crash_points: int
+    """Crash points an uninterrupted job passes (the last one follows the commit)."""
+
+
 @pytest.fixture(scope="module")
 def reference(
     tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, Path, dict[str, Any]]:
+) -> Reference:
     root = tmp_path_factory.mktemp("resume")
     data = make_corpus(root / "c.jsonl")
     store = root / "ref.acts"
-    proc = cli(tiny_model_dirs["bert"], data, store)
+    proc = cli(tiny_model_dirs["bert"], data, store, crash_at=_NEVER)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()
-    return data, store, snapshot(store)
+    found = re.search(r"crash points: (\d+)", err.decode())
+    assert found, err.decode()
+    return Reference(data, snapshot(store), int(found.group(1)))
 
 
 @pytest.mark.slow
 def test_killed_at_random_crash_points_then_resumed_is_identical(
-    tiny_model_dirs: dict[str, Path],
-    reference: tuple[Path, Path, dict[str, Any]],
-    tmp_path: Path,
+    tiny_model_dirs: dict[str, Path], reference: Reference, tmp_path: Path
 ) -> None:
-    data, _, ref = reference
+    model, data, ref, total = tiny_model_dirs["bert"], *reference
+    assert total > 20  # one per batch, several per checkpoint, four in the commit
     rng = random.Random(1234)
-    # about one crash point per batch plus ~6 per checkpoint and 5 in the commit
-    n_points = ref["counts"]["batches"] + 6 * (ref["counts"]["batches"] // 3 + 2) + 5
-    points = sorted(rng.sample(range(1, n_points), 4))
+    # three anywhere, and one of the last four (they are in the commit)
+    points = sorted([*rng.sample(range(1, total - 3), 3), rng.randint(total - 3, total)])
     for i, at in enumerate(points):
         store = tmp_path / f"s{i}.acts"
-        proc = cli(tiny_model_dirs["bert"], data, store, crash_at=at)
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode in (-signal.SIGKILL, 0), err.decode()
-        if proc.returncode == -signal.SIGKILL and i % 2 == 0:
-            # a second crash during the resumed job, later on
-            proc = cli(tiny_model_dirs["bert"], data, store, crash_at=max(1, at // 2))
-            proc.communicate(timeout=300)
-        proc = cli(tiny_model_dirs["bert"], data, store)
+        killed(cli(model, data, store, crash_at=at))
+        assert_interrupted(store, committed=at == total)
+        left = total - at  # the resumed job passes at least this many crash points
+        if i % 2 == 0 and left >= 2:
+            # a second crash during the resumed job, half-way through what was left
+            killed(cli(model, data, store, crash_at=left // 2))
+            assert_interrupted(store)
+        proc = cli(model, data, store)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()
         assert_same(snapshot(store), ref)
@@ -174,19 +233,28 @@ def test_killed_at_random_crash_points_then_resumed_is_identical(
 
 @pytest.mark.slow
 def test_sigkill_at_random_time_then_resumed_is_identical(
-    tiny_model_dirs: dict[str, Path],
-    reference: tuple[Path, Path, dict[str, Any]],
-    tmp_path: Path,
+    tiny_model_dirs: dict[str, Path], reference: Reference, tmp_path: Path
 ) -> None:
-    data, _, ref = reference
+    model, data, ref = tiny_model_dirs["bert"], reference.data, reference.snapshot
     rng = random.Random(99)
     store = tmp_path / "s.acts"
-    for _ in range(2):
-        proc = cli(tiny_model_dirs["bert"], data, store)
-        time.sleep(rng.uniform(3.0, 7.0))
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
-    proc = cli(tiny_model_dirs["bert"], data, store)
+    progress = store / "runs/r/parts/part-0000/progress.json"
+    # the first job dies at a random moment of its second pool (the corpus has three)
+    proc = cli(model, data, store)
+    t_rows = wait_for(proc, lambda: newest_shard_ns(store) > 0, "writing rows")
+    t_pool = wait_for(proc, progress.is_file, "its first checkpoint")
+    pool_s = t_pool - t_rows
+    time.sleep(rng.uniform(0, pool_s / 3))
+    killed(proc, signal_now=True)
+    assert_interrupted(store)
+    # the resumed job dies at a random moment after it wrote rows again
+    started = time.time_ns()
+    proc = cli(model, data, store)
+    wait_for(proc, lambda: newest_shard_ns(store) > started, "writing rows after resuming")
+    time.sleep(rng.uniform(0, pool_s / 3))
+    killed(proc, signal_now=True)
+    assert_interrupted(store)
+    proc = cli(model, data, store)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()
     assert_same(snapshot(store), ref)
