@@ -24,16 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from _common import machine_info, markdown_table, now_iso, summary, timed, write_json
 
 import actstore
 from actstore.query.mapping.on_store import PairSpec, iter_pairs, pair_rows
 from actstore.query.mapping.ridgecv import RidgeMap
-from actstore.store.arrays import Layout, write_matrix
+from actstore.store.arrays import Layout
 from actstore.store.commit import commit_run
-from actstore.store.format import ARRAYS_DIR, part_dir, run_dir
-from actstore.store.manifest import atomic_write_json, create_store
+from actstore.store.format import PartMetaJSON
+from actstore.store.manifest import create_store
 from actstore.store.part import PartWriter
 
 OUT = Path(__file__).parent / "out"
@@ -56,12 +55,11 @@ def write_store(path: Path, X: np.ndarray, Y: np.ndarray) -> None:
     shutil.rmtree(path, ignore_errors=True)
     create_store(path)
     rng = np.random.default_rng(1)
-    write_matrix(run_dir(path, RUN) / ARRAYS_DIR, "embed", np.zeros((VOCAB, D), np.float32))
     sites = {"hidden.0": D, "hidden.1": D}
     part = PartWriter(path, RUN, 0, sites=sites, dtype="float32", layout=Layout(), resume=None)
-    pdir = part_dir(path, RUN, 0)
-    ident = {"benchmark": "mapping", "rows": len(X)}
-    meta = {
+    part.write_matrices({"embed": np.zeros((VOCAB, D), np.float32)})
+    ident: dict[str, object] = {"benchmark": "mapping", "rows": len(X)}
+    meta: PartMetaJSON = {
         "identity": ident,
         "config": ident,
         "model": {"id": "planted", "model_type": "synthetic", "d_model": D},
@@ -74,12 +72,10 @@ def write_store(path: Path, X: np.ndarray, Y: np.ndarray) -> None:
         "versions": {},
         "created_at": now_iso(),
     }
-    atomic_write_json(pdir / "meta.json", meta)
+    part.write_meta(meta)
     names = [f"t{i}" for i in range(VOCAB)]
     vocab = {"token_id": pa.array(range(VOCAB), pa.int32()), "token": names, "piece": names}
-    pq.write_table(
-        pa.table({**vocab, "special": np.zeros(VOCAB, bool)}), pdir / "vocab_strings.parquet"
-    )
+    part.write_vocab_strings(pa.table({**vocab, "special": np.zeros(VOCAB, bool)}))
     n_docs = len(X) // TOKENS_PER_DOC
     for d0 in range(0, n_docs, 200):
         docs = np.arange(d0, min(d0 + 200, n_docs))
