@@ -1,9 +1,10 @@
 """The staging area of one shard writer: its row arrays, token and doc files, checkpoints.
 
 A part lives in ``runs/<run>/parts/part-KKKK/`` (staging, removed at commit) and
-``runs/<run>/arrays/part-KKKK/`` (its row arrays, kept). ``progress.json`` is the durable
-checkpoint: everything it lists is complete on disk; anything else in the staging area
-is debris from a crash and is deleted when the writer resumes.
+``runs/<run>/arrays/part-KKKK/`` (its row arrays, kept). ``meta.json`` says what the part
+was started with; ``progress.json`` is the durable checkpoint: everything it lists is
+complete on disk; anything else in the staging area is debris from a crash and is
+deleted when the writer resumes. This module is the only code that writes or reads them.
 """
 
 from __future__ import annotations
