@@ -6,6 +6,9 @@ So the byte offset of any row is known once the index is read: rows are gathered
 NumPy fancy indexing on a memory map of the shard file, touching only the pages of the
 rows asked for. Compressed or unsharded arrays fall back to zarr-python, which reads
 each needed chunk once.
+
+About 500 lines: the memory-map cache, the per-part arrays and the site view over parts
+are one read path whose pieces call each other; split it when it grows further.
 """
 
 from __future__ import annotations
