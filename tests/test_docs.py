@@ -1,52 +1,324 @@
-"""The Python examples in the README and docs run as written against a real store."""
+"""The examples in the README and docs run as written against a real store, and show what
+their comments and prose say they show."""
 
 from __future__ import annotations
 
-import os
+import ast
+import contextlib
+import io
+import json
 import re
+import shlex
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ["README.md", "docs/format.md", "docs/query.md"]
+RUN, D, VOCAB = "minilm", 384, 30522  # the demo store: MiniLM, d=384, BERT's vocabulary
 
 
 def python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.DOTALL)
 
 
-@pytest.mark.parametrize("doc", DOCS)
-def test_python_examples_run(
+# -- Python examples ----------------------------------------------------------------------
+
+
+@dataclass(repr=False)  # holds relations of closed connections
+class Ran:
+    """What a reader of one example would see."""
+
+    ns: dict[str, Any]
+    #: source of each bare expression statement (``s.runs  # ['minilm', ...]``) -> its value
+    shown: dict[str, Any] = field(default_factory=dict)
+    #: name -> every value bound to it by ``=``, in order (later ones overwrite in ``ns``)
+    bound: dict[str, list[Any]] = field(default_factory=dict)
+    out: str = ""
+
+
+class _Record(ast.NodeTransformer):
+    """Rewrite an example so that it records its bare expressions and ``=`` bindings."""
+
+    @staticmethod
+    def _call(fn: str, *args: ast.expr) -> ast.Expr:
+        return ast.Expr(ast.Call(ast.Name(fn, ast.Load()), list(args), []))
+
+    def visit_Expr(self, node: ast.Expr) -> ast.AST:
+        if isinstance(node.value, ast.Constant):  # `...`
+            return node
+        call = self._call("__shown__", ast.Constant(ast.unparse(node.value)), node.value)
+        return ast.copy_location(call, node)
+
+    def visit_Assign(self, node: ast.Assign) -> list[ast.AST]:
+        names = [
+            n.id
+            for t in node.targets
+            for n in (t.elts if isinstance(t, ast.Tuple) else [t])
+            if isinstance(n, ast.Name)
+        ]
+        records = [self._call("__bound__", ast.Constant(n), ast.Name(n, ast.Load())) for n in names]
+        return [node, *(ast.copy_location(r, node) for r in records)]
+
+
+def run_example(source: str, name: str) -> Ran:
+    tree = ast.fix_missing_locations(_Record().visit(ast.parse(source)))
+    ran = Ran(ns={"__name__": "__doc_example__"})
+    ran.ns["__shown__"] = ran.shown.__setitem__
+    ran.ns["__bound__"] = lambda n, v: ran.bound.setdefault(n, []).append(v)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        exec(compile(tree, name, "exec"), ran.ns)
+    ran.out = buf.getvalue()
+    return ran
+
+
+@dataclass
+class Reference:
+    """The demo store read independently of the examples (zarr and the JSON files)."""
+
+    store: Path
+    run_json: dict[str, Any]
+    #: the vectors of ``site`` (hidden.6 unless told)
+    h6: np.ndarray
+
+    @classmethod
+    def read(cls, store: Path, site: str = "hidden.6") -> Reference:
+        import zarr
+
+        run_json = json.loads((store / "runs" / RUN / "run.json").read_text())
+        assert len(run_json["parts"]) == 1, "the checks below read part-0000 only"
+        h6 = zarr.open(str(store / "runs" / RUN / "arrays/part-0000" / site), mode="r")[:]
+        return cls(store, run_json, np.asarray(h6))
+
+    def sql(self, query: str, params: list[Any] | None = None) -> Any:
+        import actstore
+
+        with actstore.open(self.store) as s:
+            return s.sql(query, params).df()
+
+    def top_tokens(self, n: int) -> set[tuple[str, int]]:
+        df = self.sql(
+            f"SELECT token, count FROM vocab WHERE run = ? ORDER BY count DESC LIMIT {n}", [RUN]
+        )
+        return {(str(t), int(c)) for t, c in zip(df.token, df["count"], strict=True)}
+
+
+def _printed_table(out: str) -> list[list[str]]:
+    """Data rows of a DuckDB relation printed as a box table."""
+    rows = [[c.strip() for c in line.strip("│").split("│")] for line in out.splitlines()]
+    return [r for r in rows[4:] if len(r) > 1]  # after the top border, names, types, rule
+
+
+def _check_readme(ran: list[Ran], ref: Reference) -> None:
+    plain, query = ran
+    # "Read it without actstore"
+    (count,) = next(v for k, v in plain.shown.items() if k.startswith("duckdb.sql")).fetchall()[0]
+    assert count == len(ref.h6)
+    np.testing.assert_array_equal(plain.ns["x"], ref.h6[:100])
+    # "Query it": the rows of the token 'dog', their vectors, its centroid, the embeddings
+    rows, X, c, E = (query.ns[k] for k in ("rows", "X", "c", "E"))
+    assert len(rows) > 0
+    want = ref.sql(
+        "SELECT row FROM tokens t JOIN vocab v USING (run, token_id) "
+        "WHERE t.run = ? AND v.token = 'dog' ORDER BY row",
+        [RUN],
+    )
+    assert sorted(rows) == list(want.row)
+    assert X.shape == (len(rows), D)
+    assert X.dtype == np.float32
+    np.testing.assert_array_equal(X, ref.h6[np.asarray(rows)])
+    assert c.shape == (D,)
+    np.testing.assert_allclose(c, X.mean(0), rtol=1e-5, atol=1e-6)
+    assert E.shape == (VOCAB, D)
+    assert np.isfinite(E).all()
+    assert np.abs(E).sum(1).min() > 0
+
+
+def _check_format(ran: list[Ran], ref: Reference) -> None:
+    by_hand, plain = ran
+    # reading global row 42 through run.json's parts finds the row actstore stores there
+    assert by_hand.ns["vec"].shape == (D,)
+    np.testing.assert_array_equal(by_hand.ns["vec"], ref.h6[42])
+    # the printed top-5 tokens are the five most frequent in the vocabulary's counts
+    printed = {(t, int(n)) for t, n in _printed_table(plain.out)}
+    assert printed == ref.top_tokens(5), plain.out
+    np.testing.assert_array_equal(plain.ns["x"], ref.h6[:10])
+    assert plain.ns["E"].shape == (VOCAB, D)
+
+
+def _check_query(ran: list[Ran], ref: Reference) -> None:
+    (q,) = ran
+    assert q.shown["s.runs"] == [RUN]
+    assert q.shown["s.sites('minilm')"] == [f"hidden.{i}" for i in range(7)]
+    assert q.shown["s.run_info('minilm')"] == ref.run_json
+    df = q.shown["rel.df()"]
+    want = ref.sql("SELECT row FROM tokens WHERE run = ? AND token_id = 2001", [RUN]).row
+    assert len(df) > 0
+    assert sorted(df.row) == sorted(want)
+    assert len(q.shown["rel.fetchall()"]) == len(df)
+    assert q.shown["rel.arrow()"].num_rows == len(df)
+    assert len(q.shown["rel.fetchnumpy()"]["row"]) == len(df)
+    by_rows, by_query = q.bound["X"]
+    assert by_rows.shape == (len(df), D)
+    assert by_rows.dtype == np.float32  # the stored dtype of this store
+    np.testing.assert_array_equal(by_rows, ref.h6[df.row.to_numpy()])
+    pos1 = ref.sql("SELECT row FROM tokens WHERE run = ? AND pos = 1 ORDER BY row", [RUN]).row
+    assert by_query.shape == (len(pos1), D)
+    assert by_query.dtype == np.float32
+    np.testing.assert_array_equal(by_query, ref.h6[pos1.to_numpy()])
+    # after the loop: the last batch of iter_vectors ends at the last row
+    rows, X = q.ns["rows"], q.ns["X"]
+    assert X.shape == (len(rows), D)
+    assert rows[-1] == len(ref.h6) - 1
+    np.testing.assert_array_equal(X, ref.h6[rows])
+    assert q.ns["E"].shape == (VOCAB, D)
+    assert q.ns["E"].dtype == np.float32
+    assert q.ns["c"].shape == (D,)
+    assert q.ns["c"].dtype == np.float32
+
+
+#: Each document with Python examples, and what its examples must show on the demo store.
+CHECKS: dict[str, Callable[[list[Ran], Reference], None]] = {
+    "README.md": _check_readme,
+    "docs/format.md": _check_format,
+    "docs/query.md": _check_query,
+}
+
+
+def test_every_doc_with_python_examples_is_checked() -> None:
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    with_examples = {str(p.relative_to(ROOT)) for p in docs if python_blocks(p)}
+    assert with_examples == set(CHECKS)
+
+
+@pytest.mark.parametrize("doc", list(CHECKS))
+def test_python_examples_show_what_they_say(
     doc: str, minilm_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    blocks = python_blocks(ROOT / doc)
-    assert blocks, f"{doc} has no python example"
     # the docs call the store demo.acts or my.acts; both are the real MiniLM store here
     for name in ("demo.acts", "my.acts"):
-        os.symlink(minilm_store, tmp_path / name)
+        (tmp_path / name).symlink_to(minilm_store)
     monkeypatch.chdir(tmp_path)
-    for block in blocks:
-        exec(compile(block, f"{doc} example", "exec"), {"__name__": "__doc_example__"})
+    ran = [run_example(b, f"{doc} example {i}") for i, b in enumerate(python_blocks(ROOT / doc))]
+    CHECKS[doc](ran, Reference.read(minilm_store))
 
 
-def test_readme_commands_on_the_demo_store_run(
-    minilm_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import shlex
-    import shutil
+# -- README commands ----------------------------------------------------------------------
 
-    from actstore.cli import main
+#: Flags whose value names a result saved in the store, and flags whose value is a file.
+SAVES, WRITES = ("--save", "--name"), ("--out", "--plot")
 
-    shutil.copytree(minilm_store, tmp_path / "demo.acts")
-    monkeypatch.chdir(tmp_path)
+
+def readme_commands() -> list[str]:
+    """The README's ``actstore ... demo.acts ...`` lines, in order."""
     text = (ROOT / "README.md").read_text()
-    commands = [
+    return [
         line
         for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
         for line in block.splitlines()
         if line.startswith("actstore ") and " demo.acts " in line
     ]
-    assert len(commands) >= 8
-    for line in commands:
-        assert main(shlex.split(line)[1:]) == 0, line
+
+
+def _flag(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv else None
+
+
+def readme_command_groups() -> list[list[str]]:
+    """The README commands, a command that reads a saved result grouped after the one that
+    saves it (each group is one test, so groups may run in any order)."""
+    groups: list[list[str]] = []
+    saved_by: dict[str, int] = {}
+    for line in readme_commands():
+        argv = shlex.split(line)
+        reads = {i for name, i in saved_by.items() if re.search(rf"\b{re.escape(name)}\b", line)}
+        assert len(reads) <= 1, f"{line!r} reads results of several commands"
+        (i,) = reads or {len(groups)}
+        if i == len(groups):
+            groups.append([])
+        groups[i].append(line)
+        saved_by |= {name: i for f in SAVES if (name := _flag(argv, f))}
+    return groups
+
+
+def _group_id(group: list[str]) -> str:
+    words = [shlex.split(line)[1 : shlex.split(line).index("demo.acts")] for line in group]
+    return "+".join("-".join(w) for w in words)
+
+
+def test_readme_shows_the_demo_commands() -> None:
+    assert len(readme_commands()) >= 8
+    ids = [_group_id(g) for g in readme_command_groups()]
+    assert len(set(ids)) == len(ids)
+    assert set(SLOW) <= set(ids), "SLOW names a command the README no longer shows"
+
+
+@pytest.fixture(scope="module")
+def demo_cwd(minilm_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with one writable copy of the session store as ``demo.acts``, shared by the
+    README commands (each saves its results and files under its own names)."""
+    cwd = tmp_path_factory.mktemp("readme")
+    shutil.copytree(minilm_store, cwd / "demo.acts")
+    return cwd
+
+
+def _check_command(argv: list[str], out: str, err: str, cwd: Path) -> None:
+    import actstore
+
+    line = shlex.join(argv)
+    assert (out + err).strip(), f"{line} printed nothing"
+    if "--json" in argv:
+        assert json.loads(out), f"{line} printed empty JSON"
+    with actstore.open(cwd / "demo.acts") as s:
+        for path in (cwd / p for f in WRITES if (p := _flag(argv, f))):
+            assert path.stat().st_size > 0, f"{line} wrote an empty {path.name}"
+            if path.suffix == ".npy":
+                rows = s.sql(_flag(argv, "--rows") or "SELECT row FROM tokens").df().row
+                want = Reference.read(s.path, str(_flag(argv, "--site"))).h6[rows]
+                np.testing.assert_array_equal(np.load(path), want)
+            if path.suffix == ".png":
+                assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        for name in (n for f in SAVES if (n := _flag(argv, f))):
+            ((n_rows,),) = s.sql(f"SELECT count(*) FROM {name}").fetchall()
+            assert n_rows > 0, f"{line} saved an empty result {name}"
+        if argv[0] == "sql":
+            df = s.sql(argv[2]).df()
+            assert len(df) > 0, f"{line} selects nothing"
+            for v in df.iloc[:, 0]:
+                assert str(v) in out, f"{line} did not print {v}"
+
+
+#: README commands that take a minute or more on 2 shared cores (43-102 s), and where the time goes.
+SLOW = {
+    # 7 x 7 site pairs x 4 measures at 3,602 rows: procrustes_cosine (np.linalg.svd), rsa
+    # (pdist + rankdata of each site recomputed per pair) and linear_cka; symmetric pairs
+    # and the diagonal are computed too.
+    "similarity-cka": "actstore.query.cka.compare_sites",
+}
+
+
+@pytest.mark.parametrize(
+    "group",
+    [
+        pytest.param(g, id=_group_id(g), marks=pytest.mark.slow if _group_id(g) in SLOW else ())
+        for g in readme_command_groups()
+    ],
+)
+def test_readme_command_runs(
+    group: list[str],
+    demo_cwd: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from actstore.cli import main
+
+    monkeypatch.chdir(demo_cwd)
+    for line in group:
+        argv = shlex.split(line)[1:]
+        assert main(argv) == 0, line
+        _check_command(argv, *capsys.readouterr(), demo_cwd)
