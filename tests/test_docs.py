@@ -293,7 +293,7 @@ def _check_command(argv: list[str], out: str, err: str, cwd: Path) -> None:
                 assert str(v) in out, f"{line} did not print {v}"
 
 
-#: README commands that take a minute or more on 2 shared cores (43-102 s), and where the time goes.
+#: README commands over a minute on 2 shared cores (43-102 s), and where the time goes.
 SLOW = {
     # 7 x 7 site pairs x 4 measures at 3,602 rows: procrustes_cosine (np.linalg.svd), rsa
     # (pdist + rankdata of each site recomputed per pair) and linear_cka; symmetric pairs
