@@ -293,13 +293,10 @@ def _check_command(argv: list[str], out: str, err: str, cwd: Path) -> None:
                 assert str(v) in out, f"{line} did not print {v}"
 
 
-#: README commands over a minute on 2 shared cores (43-102 s), and where the time goes.
-SLOW = {
-    # 7 x 7 site pairs x 4 measures at 3,602 rows: procrustes_cosine (np.linalg.svd), rsa
-    # (pdist + rankdata of each site recomputed per pair) and linear_cka; symmetric pairs
-    # and the diagonal are computed too.
-    "similarity-cka": "actstore.query.cka.compare_sites",
-}
+#: README commands over a minute on 2 shared cores, and where the time goes (none today:
+#: ``similarity cka`` took 43-102 s until compare_sites computed each symmetric pair once
+#: and each site's RDM ranks once, ~5 s now).
+SLOW: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(

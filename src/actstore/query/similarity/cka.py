@@ -148,14 +148,40 @@ def procrustes_cosine(X: npt.ArrayLike, Y: npt.ArrayLike) -> float:
     return float(np.mean(np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)))
 
 
-def _measure(name: str, X: Any, Y: Any, n_sample: int, seed: int) -> float:
-    if name == "cka":
-        return linear_cka(X, Y)
-    if name == "cka_unbiased":
-        return linear_cka(X, Y, unbiased=True)
-    if name == "rsa":
-        return rsa(X, Y, n_sample=n_sample, seed=seed)
-    return procrustes_cosine(X, Y)
+class _Prepared:
+    """Per-matrix parts of the measures, computed once per site of a grid (the centered
+    matrix and its self-HSIC for CKA, the ranked RDM for RSA)."""
+
+    def __init__(self, X: Any, measures: tuple[str, ...], n_sample: int, seed: int) -> None:
+        A = np.asarray(X, np.float64)
+        self.A = A
+        if "cka" in measures:
+            self.Ac = A - A.mean(0)
+            self.xx = float(((self.Ac.T @ self.Ac) ** 2).sum())
+        if "cka_unbiased" in measures:
+            self.hu = _hsic_unbiased(A, A)
+        if "rsa" in measures:
+            from scipy.spatial.distance import pdist
+            from scipy.stats import rankdata
+
+            S = A
+            if len(A) > n_sample:  # the same rows for every site: same n and seed
+                S = A[np.random.default_rng(seed).choice(len(A), n_sample, replace=False)]
+            self.rdm_ranks = rankdata(pdist(S, "cosine"))
+
+    def measure(self, name: str, other: _Prepared) -> float:
+        """``name`` between this matrix and ``other`` (rows aligned)."""
+        if name == "cka":
+            xy = float(((self.Ac.T @ other.Ac) ** 2).sum())
+            den = np.sqrt(self.xx * other.xx) if self.xx > 0 and other.xx > 0 else 0.0
+            return float(xy / den) if den > 0 else 0.0
+        if name == "cka_unbiased":
+            xy = _hsic_unbiased(self.A, other.A)
+            den = np.sqrt(self.hu * other.hu) if self.hu > 0 and other.hu > 0 else 0.0
+            return float(xy / den) if den > 0 else 0.0
+        if name == "rsa":  # Spearman = Pearson of the ranks
+            return float(np.corrcoef(self.rdm_ranks, other.rdm_ranks)[0, 1])
+        return procrustes_cosine(self.A, other.A)
 
 
 def _sample_rows(store: Store, run: str, rows: Any, max_rows: int, seed: int) -> Any:
@@ -179,11 +205,27 @@ def _grid(
     for m in measures:
         if m not in MEASURES:
             raise ConfigError(f"unknown measure {m!r}; pick from {', '.join(MEASURES)}")
+    n = len(next(iter(XA.values())))
+    need = 4 if "cka_unbiased" in measures else 3 if "rsa" in measures else 2
+    for name, X in {**XA, **XB}.items():
+        if np.ndim(X) != 2 or len(X) != n or n < need:
+            raise ConfigError(
+                f"site {name!r} gives shape {np.shape(X)}; every site needs the same >= {need} rows"
+            )
+    prep_a = {s: _Prepared(X, measures, n_sample, seed) for s, X in XA.items()}
+    prep_b = (
+        prep_a if XB is XA else {s: _Prepared(X, measures, n_sample, seed) for s, X in XB.items()}
+    )
+    done: dict[tuple[str, str], dict[str, float]] = {}
     out = []
-    for sa, X in XA.items():
-        for sb, Y in XB.items():
-            vals = {m: _measure(m, X, Y, n_sample, seed) for m in measures}
-            out.append({"site_a": sa, "site_b": sb, "n_rows": len(X), **vals})
+    for sa, pa_ in prep_a.items():
+        for sb, pb in prep_b.items():
+            if XB is XA and (sb, sa) in done:  # every measure is symmetric
+                vals = done[(sb, sa)]
+            else:
+                vals = {m: pa_.measure(m, pb) for m in measures}
+                done[(sa, sb)] = vals
+            out.append({"site_a": sa, "site_b": sb, "n_rows": len(pa_.A), **vals})
     return pd.DataFrame(out)
 
 
