@@ -179,3 +179,55 @@ def test_results_become_views(syn_store: Path, tmp_path: Path) -> None:
         # of two names equal up to case, the first in sorted order is the view
         assert s.tables == ["docs", "tokens", "vocab", "runs", "sites", "Similarity"]
         assert s.sql("SELECT sum(x) FROM similarity").fetchall() == [(7,)]
+
+
+def test_escapes_are_closed(
+    syn_store: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Names and paths read from disk cannot reach outside the store."""
+    import json
+
+    from actstore.cli import main
+    from actstore.errors import StoreError
+
+    # DuckDB's default temp directory (./.tmp) is not readable through SQL
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".tmp").mkdir()
+    (tmp_path / ".tmp" / "secret.csv").write_text("a,b\n1,2\n")
+    with actstore.open(syn_store) as s, pytest.raises(QueryError, match="read-only"):
+        s.sql("SELECT * FROM read_csv('.tmp/secret.csv')").fetchall()
+    # a crafted manifest run name, or site name in run.json, is refused on read
+    crafted = tmp_path / "crafted.acts"
+    shutil.copytree(syn_store, crafted)
+    manifest = json.loads((crafted / "actstore.json").read_text())
+    manifest["runs"]["../../other.acts/runs/x"] = manifest["runs"]["a"]
+    (crafted / "actstore.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="not a valid run name"):
+        actstore.open(crafted).runs  # noqa: B018
+    assert main(["sql", str(crafted), "SELECT 1"]) == 1
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    sited = tmp_path / "sited.acts"
+    shutil.copytree(syn_store, sited)
+    run_json = sited / "runs" / "a" / "run.json"
+    meta = json.loads(run_json.read_text())
+    meta["sites"][0]["name"] = "../../../x"
+    run_json.write_text(json.dumps(meta))
+    with actstore.open(sited) as s, pytest.raises(StoreError, match="not a valid site name"):
+        s.vectors("a", "../../../x", [0])
+    # a result name that is a path is refused
+    assert main(["map", "eval", str(syn_store), "../../x"]) == 1
+    assert "is not allowed" in capsys.readouterr().err
+    # a store path with glob characters reads its own files, not a neighbour's
+    for name in ("s[1].acts", "s1.acts"):
+        shutil.copytree(syn_store, tmp_path / name)
+    # the neighbour's files have the same names but other contents
+    for f in sorted((tmp_path / "s1.acts" / "runs" / "a" / "tokens").glob("*.parquet")):
+        pq.write_table(pq.read_table(f).slice(0, 1), f)
+    with actstore.open(tmp_path / "s[1].acts") as s:
+        assert s.sql("SELECT count(*) FROM tokens WHERE run = 'a'").fetchall()[0][0] > 0
+        n = s.sql("SELECT count(*) FROM tokens").fetchall()[0][0]
+    with actstore.open(syn_store) as s:
+        assert s.sql("SELECT count(*) FROM tokens").fetchall()[0][0] == n

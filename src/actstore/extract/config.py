@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from actstore.errors import ConfigError
 from actstore.store.arrays import Codec, Layout
 from actstore.store.dtypes import check_storage_dtype
-from actstore.store.format import StorageDType
+from actstore.store.format import RUN_NAME, StorageDType
 
 __all__ = ["IDENTITY_EXCLUDED", "ExtractConfig", "check_run_name"]
 
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 #: Fields that do not change what is stored, so a job may resume with other values.
 IDENTITY_EXCLUDED = frozenset({"store", "shard", "overwrite", "quiet", "device"})
@@ -27,7 +25,7 @@ def check_run_name(name: str) -> str:
     >>> check_run_name("minilm-v2")
     'minilm-v2'
     """
-    if not _RUN_NAME.match(name):
+    if not RUN_NAME.match(name):
         raise ConfigError(
             f"run name {name!r} is not allowed; use letters, digits, '_', '-' and '.', "
             "starting with a letter or digit (at most 128 characters)"

@@ -54,8 +54,23 @@ def _lit(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _glob_escaped(path: Path) -> str:
+    """``path`` with DuckDB's glob characters bracketed, so ``a[1]`` names that folder only
+    (not a neighbour ``a1``) and ``*`` / ``?`` in a store path match themselves.
+
+    >>> _glob_escaped(Path("/data/a[1]/x*.parquet"))
+    '/data/a[[]1]/x[*].parquet'
+    """
+    return "".join(f"[{c}]" if c in "[*?" else c for c in str(path))
+
+
+def _file(path: Path) -> str:
+    """A SQL literal naming exactly the file ``path`` for ``read_parquet``."""
+    return _lit(_glob_escaped(path))
+
+
 def _files(paths: Sequence[Path]) -> str:
-    return "[" + ", ".join(_lit(str(p)) for p in paths) + "]"
+    return "[" + ", ".join(_file(p) for p in paths) + "]"
 
 
 def _ident(name: str) -> str:
@@ -110,7 +125,7 @@ class SQLEngine:
             if run.vocab_file is not None:
                 allowed.append(run.vocab_file)
                 vocab_parts.append(
-                    f"SELECT {_lit(name)} AS run, * FROM read_parquet({_lit(str(run.vocab_file))})"
+                    f"SELECT {_lit(name)} AS run, * FROM read_parquet({_file(run.vocab_file)})"
                 )
             doc_files += run.doc_files()
             meta = run.meta
@@ -191,14 +206,24 @@ class SQLEngine:
             view = name if name not in BUILTIN_VIEWS else f"result_{name}"
             allowed.append(path)
             con.execute(
-                f"CREATE VIEW {_ident(view)} AS SELECT * FROM read_parquet({_lit(str(path))})"
+                f"CREATE VIEW {_ident(view)} AS SELECT * FROM read_parquet({_file(path)})"
             )
             self.views.append(view)
-        return [str(p) for p in allowed]
+        # DuckDB checks the pattern it is given as well as the files it matches
+        return sorted({str(p) for p in allowed} | {_glob_escaped(p) for p in allowed})
 
     def _lock_down(self, allowed: list[str]) -> None:
+        import shutil
+        import tempfile
+        import weakref
+
         con = self.con
         con.execute("SET parquet_metadata_cache = true")
+        # DuckDB allows reading its temp directory (default: ./.tmp) even with external
+        # access off; a private, empty one keeps spilling possible without exposing files
+        self._tmp = tempfile.mkdtemp(prefix="actstore-duckdb-")
+        weakref.finalize(self, shutil.rmtree, self._tmp, True)
+        con.execute("SET temp_directory = ?", [self._tmp])
         if allowed:
             con.execute("SET allowed_paths = ?", [allowed])
         con.execute("SET enable_external_access = false")

@@ -6,6 +6,7 @@ definition for code. Nothing here touches the disk.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, NotRequired, TypedDict
 
@@ -27,6 +28,8 @@ __all__ = [
     "RESULT_TABLE",
     "RUNS_DIR",
     "RUN_JSON_NAME",
+    "RUN_NAME",
+    "SITE_NAME",
     "TOKENS_COLUMNS",
     "TOKENS_DIR",
     "VOCAB_NAME",
@@ -78,6 +81,12 @@ PROGRESS_VERSION = 1
 VOCAB_STRINGS_NAME = "vocab_strings.parquet"
 
 StorageDType = Literal["float32", "float16", "bfloat16"]
+
+#: A run name: a directory name and a SQL value (checked when typed and when read).
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+#: A site name: ``hidden.N``, ``module:<dotted.path>`` and the like; it names an array
+#: folder, so no path separators and no leading dot.
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,254}$")
 
 #: Columns of ``runs/<run>/tokens/*.parquet`` in order, with their Arrow types.
 TOKENS_COLUMNS: dict[str, str] = {

@@ -21,6 +21,7 @@ from actstore.store.format import (
     FORMAT_VERSION,
     LOCK_NAME,
     MANIFEST_NAME,
+    RUN_NAME,
     ManifestJSON,
     RunJSON,
     run_json_path,
@@ -73,6 +74,14 @@ def _check_manifest(path: Path, data: Any) -> ManifestJSON:
     runs = data.get("runs")
     if not isinstance(runs, dict):
         raise StoreError(f'{path} has no "runs" object; the manifest is damaged')
+    for name in runs:
+        # names read from disk are checked like names typed: a crafted name such as
+        # "../../other.acts/runs/x" would otherwise read another store's files
+        if not RUN_NAME.match(name):
+            raise StoreError(
+                f"{path} lists a run named {name!r}, which is not a valid run name; the "
+                "manifest is damaged or was not written by actstore"
+            )
     return data  # type: ignore[return-value]
 
 

@@ -27,6 +27,7 @@ from actstore.store.format import (
     ARRAYS_DIR,
     CENTROIDS_DIR,
     DOCS_DIR,
+    SITE_NAME,
     TOKENS_DIR,
     VOCAB_NAME,
     ManifestJSON,
@@ -119,8 +120,15 @@ class RunReader:
 
     @property
     def sites(self) -> list[str]:
-        """Site names in stored order."""
-        return [s["name"] for s in self.meta["sites"]]
+        """Site names in stored order (each checked like a typed name: it names a folder)."""
+        names = [s["name"] for s in self.meta["sites"]]
+        for name in names:
+            if not isinstance(name, str) or not SITE_NAME.match(name):
+                raise StoreError(
+                    f"run {self.name!r} lists a site named {name!r} in its run.json, which is "
+                    "not a valid site name; the run is damaged or was not written by actstore"
+                )
+        return names
 
     def site_info(self, site: str) -> SiteJSON:
         """The ``run.json`` entry of ``site``.
@@ -130,11 +138,12 @@ class RunReader:
         SiteNotFoundError
             The run has no such site.
         """
+        names = self.sites  # validated like typed names
         for s in self.meta["sites"]:
             if s["name"] == site:
                 return s
         raise SiteNotFoundError(
-            f"site {site!r} not in run {self.name!r} (has {', '.join(self.sites) or 'none'}); "
+            f"site {site!r} not in run {self.name!r} (has {', '.join(names) or 'none'}); "
             f"pick one of them or re-extract with --sites {site}"
         )
 
