@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.spatial.distance import pdist
+from scipy.spatial.distance import pdist, squareform
 from scipy.stats import rankdata
 
 from actstore.errors import ActstoreError, ConfigError
@@ -93,13 +93,35 @@ def test_anisotropy_matches_plain_loops() -> None:
             self_sims.append(np.mean(pairs))
     U = X / np.linalg.norm(X, axis=1, keepdims=True)
     intra = [np.mean([cos(u, U[doc == g].mean(0)) for u in U[doc == g]]) for g in range(12)]
-    all_pairs = 1 - pdist(X, "cosine")
+    C = 1 - squareform(pdist(X, "cosine"))
+    other = doc[:, None] != doc[None, :]
     assert got["self_similarity"] == pytest.approx(np.mean(self_sims), abs=1e-5)
     assert got["intra_doc"] == pytest.approx(np.mean(intra), abs=1e-5)
-    assert got["baseline"] == pytest.approx(all_pairs.mean(), abs=0.01)  # random pairs
+    assert got["baseline"] == pytest.approx(C[other].mean(), abs=0.01)  # random pairs
+    anyp = anisotropy(X, tok, doc, n_pairs=50000, seed=1, baseline="any")
+    assert anyp["baseline"] == pytest.approx(C[~np.eye(120, dtype=bool)].mean(), abs=0.01)
     assert got["intra_doc_adj"] == pytest.approx(got["intra_doc"] - got["baseline"])
     with pytest.raises(ConfigError, match="one entry per row"):
         anisotropy(X, tok[:5], doc)
+
+
+def test_anisotropy_baseline_uses_other_documents() -> None:
+    """Planted: rows of a document are one direction, documents are orthogonal. Words from
+    different contexts (Ethayarajh 2019) then have cosine 0 exactly; pairs from the same
+    document (the ``any`` baseline) raise it to about P(same document)."""
+    docs, per = 8, 25
+    E = np.eye(docs, dtype=np.float32)
+    X = np.repeat(E, per, axis=0) * (1 + np.arange(docs * per, dtype=np.float32))[:, None]
+    doc = np.repeat(np.arange(docs), per)
+    tok = np.arange(docs * per) % 7
+    got = anisotropy(X, tok, doc, n_pairs=40000, seed=2)
+    assert got["baseline"] == 0.0
+    assert got["intra_doc"] == pytest.approx(1.0)
+    same = (per - 1) / (docs * per - 1)
+    anyp = anisotropy(X, tok, doc, n_pairs=40000, seed=2, baseline="any")
+    assert anyp["baseline"] == pytest.approx(same, abs=0.01)
+    with pytest.raises(ConfigError, match="at least 2 documents"):
+        anisotropy(X[:per], tok[:per], doc[:per])
 
 
 def test_sink_pairs_planted_and_brute_force() -> None:

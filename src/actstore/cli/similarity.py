@@ -51,6 +51,7 @@ def _cmd_anisotropy(args: argparse.Namespace) -> None:
             max_rows=args.max_rows,
             n_pairs=args.pairs,
             seed=args.seed,
+            baseline=args.baseline,
             **_saving(args),
         )
     emit(args, res)
@@ -151,6 +152,13 @@ def add_commands(subparsers: Any) -> None:
     )
     p.add_argument(
         "--pairs", type=int, default=20000, help="random pairs for the baseline (default: 20000)"
+    )
+    p.add_argument(
+        "--baseline",
+        choices=["other_docs", "any"],
+        default="other_docs",
+        help="baseline pairs: rows of different documents, as Ethayarajh (2019), or any two "
+        "rows (default: other_docs)",
     )
     p.set_defaults(func=_cmd_anisotropy)
 

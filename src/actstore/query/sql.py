@@ -205,9 +205,7 @@ class SQLEngine:
         for name, path in reader.result_files().items():
             view = name if name not in BUILTIN_VIEWS else f"result_{name}"
             allowed.append(path)
-            con.execute(
-                f"CREATE VIEW {_ident(view)} AS SELECT * FROM read_parquet({_file(path)})"
-            )
+            con.execute(f"CREATE VIEW {_ident(view)} AS SELECT * FROM read_parquet({_file(path)})")
             self.views.append(view)
         # DuckDB checks the pattern it is given as well as the files it matches
         return sorted({str(p) for p in allowed} | {_glob_escaped(p) for p in allowed})

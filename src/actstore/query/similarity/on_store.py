@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -124,6 +124,7 @@ def anisotropy_result(
     max_rows: int = 20000,
     n_pairs: int = 20000,
     seed: int = 0,
+    baseline: Literal["other_docs", "any"] = "other_docs",
     save: str | None = None,
     overwrite: bool = True,
     plot: str | Path | None = None,
@@ -131,8 +132,15 @@ def anisotropy_result(
     """:func:`~actstore.query.similarity.pairwise.anisotropy_by_layer`, saved and plotted."""
     from actstore.query.similarity.pairwise import anisotropy_by_layer
 
-    df = anisotropy_by_layer(store, run, sites, max_rows=max_rows, n_pairs=n_pairs, seed=seed)
-    meta = {"analysis": "similarity.anisotropy", "run": run, "max_rows": max_rows}
+    df = anisotropy_by_layer(
+        store, run, sites, max_rows=max_rows, n_pairs=n_pairs, seed=seed, baseline=baseline
+    )
+    meta = {
+        "analysis": "similarity.anisotropy",
+        "run": run,
+        "max_rows": max_rows,
+        "baseline": baseline,
+    }
     if plot:
         from actstore.query.similarity.plots import plot_anisotropy
 

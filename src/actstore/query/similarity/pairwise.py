@@ -4,7 +4,7 @@ the shared mean vector, and anisotropy per layer of a run (Ethayarajh 2019)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -262,8 +262,9 @@ def anisotropy(
     n_pairs: int = 20000,
     max_per_type: int = 32,
     seed: int = 0,
+    baseline: Literal["other_docs", "any"] = "other_docs",
 ) -> dict[str, float]:
-    """Ethayarajh-style anisotropy measures of one layer's token vectors.
+    """Anisotropy measures of one layer's token vectors (Ethayarajh, 2019).
 
     Parameters
     ----------
@@ -272,19 +273,24 @@ def anisotropy(
     token_ids, doc_ids : array_like of shape (n,)
         Token type and document of each row.
     n_pairs : int
-        Random pairs of distinct rows for the baseline.
+        Random row pairs for the baseline.
     max_per_type : int
         Occurrences per token type used for self-similarity (the first ones).
     seed : int
+    baseline : {"other_docs", "any"}
+        ``other_docs`` (the cited definition): the two rows of a pair come from different
+        documents ("words from different contexts"); ``any``: any two distinct rows, pairs
+        from the same document included (higher wherever a document's rows share a
+        direction).
 
     Returns
     -------
     dict
-        ``baseline`` (mean cosine of random row pairs), ``self_similarity`` (mean over
-        token types with >= 2 occurrences of the mean pairwise cosine of its
-        occurrences), ``intra_doc`` (mean over docs of the mean cosine of a doc's rows
-        with the doc's mean), and ``self_similarity_adj`` / ``intra_doc_adj`` (minus
-        the baseline).
+        ``baseline`` (mean cosine of random row pairs, see ``baseline``),
+        ``self_similarity`` (mean over token types with >= 2 occurrences of the mean
+        pairwise cosine of its occurrences), ``intra_doc`` (mean over docs of the mean
+        cosine of a doc's rows with the doc's mean), and ``self_similarity_adj`` /
+        ``intra_doc_adj`` (minus the baseline).
 
     Examples
     --------
@@ -302,9 +308,8 @@ def anisotropy(
             f"{len(tok)} and {len(doc)}; pass aligned arrays"
         )
     rng = np.random.default_rng(seed)
-    a = rng.integers(0, len(U), n_pairs)
-    b = (a + rng.integers(1, len(U), n_pairs)) % len(U)  # b != a
-    baseline = float(np.einsum("ij,ij->i", U[a], U[b]).astype(np.float64).mean())
+    a, b = _baseline_pairs(doc, n_pairs, baseline, rng)
+    base = float(np.einsum("ij,ij->i", U[a], U[b]).astype(np.float64).mean())
     sims = []
     order = np.argsort(tok, kind="stable")
     _, starts, counts = np.unique(tok[order], return_index=True, return_counts=True)
@@ -327,12 +332,40 @@ def anisotropy(
     self_sim = float(np.mean(sims)) if sims else float("nan")
     intra_doc = float(np.mean(intra)) if intra else float("nan")
     return {
-        "baseline": baseline,
+        "baseline": base,
         "self_similarity": self_sim,
         "intra_doc": intra_doc,
-        "self_similarity_adj": self_sim - baseline,
-        "intra_doc_adj": intra_doc - baseline,
+        "self_similarity_adj": self_sim - base,
+        "intra_doc_adj": intra_doc - base,
     }
+
+
+def _baseline_pairs(
+    doc: npt.NDArray[Any], n_pairs: int, kind: str, rng: np.random.Generator
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """``n_pairs`` random row pairs: distinct rows (``any``) or rows of different docs."""
+    n = len(doc)
+    if kind not in ("other_docs", "any"):
+        raise ConfigError(f"baseline must be 'other_docs' or 'any', got {kind!r}")
+    a = rng.integers(0, n, n_pairs)
+    b = (a + rng.integers(1, n, n_pairs)) % n  # b != a
+    if kind == "any":
+        return a, b
+    if len(np.unique(doc)) < 2:
+        raise ConfigError(
+            "the other-document baseline needs rows of at least 2 documents; sample more "
+            "documents or use baseline='any'"
+        )
+    # redraw b where it fell in a's document: uniform over the other documents' rows
+    for _ in range(1000):
+        same = np.flatnonzero(doc[a] == doc[b])
+        if not len(same):
+            break
+        b[same] = rng.integers(0, n, len(same))
+    else:  # pragma: no cover - needs one document holding nearly every row
+        keep = doc[a] != doc[b]
+        a, b = a[keep], b[keep]
+    return a.astype(np.int64), b.astype(np.int64)
 
 
 def anisotropy_by_layer(
@@ -343,6 +376,7 @@ def anisotropy_by_layer(
     max_rows: int = 20000,
     n_pairs: int = 20000,
     seed: int = 0,
+    baseline: Literal["other_docs", "any"] = "other_docs",
 ) -> pd.DataFrame:
     """:func:`anisotropy` of every site of ``run`` on one sample of whole documents.
 
@@ -379,7 +413,12 @@ def anisotropy_by_layer(
     for site in sites:
         X = store.vectors(run, site, sel.row.to_numpy(), dtype=np.float32)
         m = anisotropy(
-            X, sel.token_id.to_numpy(), sel.doc_id.to_numpy(), n_pairs=n_pairs, seed=seed
+            X,
+            sel.token_id.to_numpy(),
+            sel.doc_id.to_numpy(),
+            n_pairs=n_pairs,
+            seed=seed,
+            baseline=baseline,
         )
         out.append({"site": site, "n_rows": len(sel), **m})
     return pd.DataFrame(out)
