@@ -215,3 +215,15 @@ def test_head_log_probs_equal_torch(norm: str | None) -> None:
         t = torch.nn.functional.rms_norm(t, (d,), torch.tensor(w).double(), 1e-5)
     want = torch.log_softmax(t @ torch.tensor(U).double().T, -1).numpy()
     np.testing.assert_allclose(head.log_probs(H), want, atol=1e-8)
+
+
+def test_type_split_holds_out_whole_types() -> None:
+    from actstore.query.mapping.split import type_split
+
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 40, 2000)
+    tr, va = type_split(ids, k=10, val_fraction=0.25, seed=3)
+    assert not set(ids[tr]) & set(ids[va])
+    assert len(set(ids[va])) == round(len(np.unique(ids)) * 0.25)
+    assert np.bincount(ids[tr]).max() <= 10
+    assert len(set(ids[tr])) + len(set(ids[va])) == len(np.unique(ids))

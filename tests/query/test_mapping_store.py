@@ -246,3 +246,19 @@ def test_cli_fit_eval_apply(store_copy: Path, tmp_path: Path, cli: CLI) -> None:
         with pytest.raises(cli.Failed, match=msg) as failed:
             cli(*argv)
         assert failed.value.code == code
+
+
+def test_embed_maps_hold_out_token_types(minilm_store: Path) -> None:
+    """embed -> hidden: the default split holds out whole token types; a per-occurrence
+    split would put every validation input in training too (and flatter R²)."""
+    from actstore.query.mapping.on_store import resolved_split
+
+    spec = PairSpec("minilm", "embed", "hidden.1")
+    assert resolved_split(spec, MapConfig()) == "type"
+    assert resolved_split(PairSpec("minilm", "hidden.0", "hidden.1"), MapConfig()) == "token"
+    with actstore.open(minilm_store) as s:
+        typed = fit_map(s, spec, MapConfig(alphas=(10.0,), cv=None))
+        token = fit_map(s, spec, MapConfig(alphas=(10.0,), cv=None, split="token"))
+    assert typed.metrics["map"]["split_mode"] == "type"
+    assert token.metrics["map"]["split_mode"] == "token"
+    assert typed.metrics["val"]["r2"] < token.metrics["val"]["r2"]

@@ -17,7 +17,7 @@ from actstore.query.mapping.linmaps import LinearMap, identity_map, procrustes_m
 from actstore.query.mapping.metrics import MetricsAccumulator, identity_metrics
 from actstore.query.mapping.ridge import RidgeStats, check_alphas
 from actstore.query.mapping.ridgecv import RidgeMap
-from actstore.query.mapping.split import balanced_split, doc_split
+from actstore.query.mapping.split import balanced_split, doc_split, type_split
 from actstore.query.store import Store
 
 __all__ = [
@@ -88,10 +88,13 @@ class MapConfig:
     """Procrustes: fit one scalar scale too."""
     fit_intercept: bool = True
     """Fit an intercept (ridge, rrr, residual, identity)."""
-    split: Literal["token", "doc", "none"] = "token"
-    """Validation split: balanced per X token id, by document, or none."""
+    split: Literal["auto", "type", "token", "doc", "none"] = "auto"
+    """Validation split: type (whole token types held out: no type in both sets), token
+    (each type's occurrences divided, balanced per type: validation inputs of a per-type
+    X such as embed are then also training inputs), doc (whole documents), none, or auto
+    (type when X is embed, else token)."""
     k: int | None = None
-    """Token split: at most k training examples per token id."""
+    """Type / token split: at most k training examples per token id."""
     val_fraction: float = 0.2
     """Share of each token's (or of the docs') examples in validation."""
     seed: int = 0
@@ -111,8 +114,8 @@ class MapConfig:
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         check_alphas(self.alphas)
-        if self.split not in ("token", "doc", "none"):
-            raise ConfigError(f"split must be token, doc or none, got {self.split!r}")
+        if self.split not in ("auto", "type", "token", "doc", "none"):
+            raise ConfigError(f"split must be auto, type, token, doc or none, got {self.split!r}")
         if self.batch_rows < 1:
             raise ConfigError(f"batch_rows must be >= 1, got {self.batch_rows}")
 
@@ -215,11 +218,22 @@ def iter_pairs(
     yield from zip(xs, ys, strict=True)
 
 
-def _split(rows: PairRows, cfg: MapConfig) -> tuple[I64, I64]:
-    if cfg.split == "token":
-        return balanced_split(rows.token_id, k=cfg.k, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    if cfg.split == "doc":
-        return doc_split(rows.doc_id, val_fraction=cfg.val_fraction, seed=cfg.seed)
+def resolved_split(spec: PairSpec, cfg: MapConfig) -> str:
+    """The split ``cfg.split`` means for ``spec``: ``auto`` is ``type`` for X = embed (one
+    vector per token type), else ``token``."""
+    if cfg.split != "auto":
+        return cfg.split
+    return "type" if spec.x == EMBED else "token"
+
+
+def _split(rows: PairRows, cfg: MapConfig, split: str) -> tuple[I64, I64]:
+    frac, seed = cfg.val_fraction, cfg.seed
+    if split == "type":
+        return type_split(rows.token_id, k=cfg.k, val_fraction=frac, seed=seed)
+    if split == "token":
+        return balanced_split(rows.token_id, k=cfg.k, val_fraction=frac, seed=seed)
+    if split == "doc":
+        return doc_split(rows.doc_id, val_fraction=frac, seed=seed)
     return np.arange(len(rows.x), dtype=np.int64), np.zeros(0, np.int64)
 
 
@@ -246,7 +260,8 @@ def fit_map(
     """
     cfg = config or MapConfig()
     rows = pair_rows(store, spec)
-    tr_idx, va_idx = _split(rows, cfg)
+    split = resolved_split(spec, cfg)
+    tr_idx, va_idx = _split(rows, cfg, split)
     if not len(tr_idx):
         raise MappingError("the training split is empty; lower val_fraction or select more rows")
     train = rows.take(tr_idx)
@@ -288,7 +303,7 @@ def fit_map(
     fitted = FittedMap(lm, spec, cfg, arrays=arrays)
     hd = cfg.method == "kl"
     metrics: dict[str, dict[str, Any]] = {
-        "map": {**lm.info, **identity_metrics(lm.coef)},
+        "map": {**lm.info, **identity_metrics(lm.coef), "split_mode": split},
         "train": evaluate_map(store, fitted, rows=train, head=hd, head_norm=cfg.head_norm),
     }
     if len(va_idx):

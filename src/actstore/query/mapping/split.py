@@ -1,4 +1,5 @@
-"""Train/validation splits of row positions: balanced per token id, or by document."""
+"""Train/validation splits of row positions: balanced per token id, by token type (no type
+in both), or by document."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy.typing as npt
 
 from actstore.errors import ConfigError
 
-__all__ = ["balanced_split", "doc_split"]
+__all__ = ["balanced_split", "doc_split", "type_split"]
 
 I64 = npt.NDArray[np.int64]
 
@@ -72,6 +73,43 @@ def balanced_split(
     in_val = rank < np.repeat(n_val, counts)
     in_train = ~in_val & (rank < np.repeat(n_val + n_train, counts))
     return np.sort(order[in_train]).astype(np.int64), np.sort(order[in_val]).astype(np.int64)
+
+
+def type_split(
+    token_ids: npt.ArrayLike,
+    *,
+    k: int | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[I64, I64]:
+    """Split positions by token type: ``round(val_fraction · n_types)`` whole types go to
+    validation, so no token type is in both sets (of the training types, at most ``k``
+    occurrences each are kept).
+
+    This is the held-out split for inputs that are one vector per type (``embed``): with a
+    per-occurrence split (:func:`balanced_split`) every validation input is also a
+    training input, and validation R² measures memorisation.
+
+    Examples
+    --------
+    >>> ids = [7, 7, 7, 3, 3, 5]
+    >>> tr, va = type_split(ids, val_fraction=0.34, seed=1)
+    >>> sorted({ids[i] for i in va}), sorted({ids[i] for i in tr})
+    ([3], [5, 7])
+    """
+    _check_fraction(val_fraction)
+    if k is not None and k < 1:
+        raise ConfigError(f"k (train examples per token) must be >= 1 or None, got {k}")
+    ids = np.asarray(token_ids).ravel()
+    types = np.unique(ids)
+    rng = np.random.default_rng(seed)
+    val_types = rng.permutation(types)[: round(len(types) * val_fraction)]
+    in_val = np.isin(ids, val_types)
+    train = np.flatnonzero(~in_val)
+    if k is not None and len(train):
+        keep, _ = balanced_split(ids[train], k=k, val_fraction=0.0, seed=seed)
+        train = train[keep]
+    return np.sort(train).astype(np.int64), np.flatnonzero(in_val).astype(np.int64)
 
 
 def doc_split(
