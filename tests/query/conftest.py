@@ -161,6 +161,30 @@ def syn_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def gpt2_store(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random GPT-2 (with its output head) over two lines, every site, float32."""
+    from actstore.extract import ExtractConfig, extract
+
+    root = tmp_path_factory.mktemp("gpt2sim")
+    data = root / "c.txt"
+    data.write_text("The dog barks at the cat.\nAspirin treats a headache.\n")
+    store = root / "g.acts"
+    extract(
+        ExtractConfig(
+            model=str(tiny_model_dirs["gpt2"]),
+            data=str(data),
+            store=str(store),
+            run="g",
+            sites="all",
+            dtype="float32",
+            quiet=True,
+            device="cpu",
+        )
+    )
+    return store
+
+
 class CLIFailed(Exception):
     """``actstore`` exited non-zero; ``str()`` is its one error line."""
 

@@ -177,64 +177,12 @@ def test_cli_fit_eval_apply(store_copy: Path, tmp_path: Path, cli: CLI) -> None:
     np.save(vec, X[:4])
     cli.json("map", "apply", st, "m", "--out", str(out), "--vectors", str(vec))
     assert np.load(out).shape == (4, 8)
+    fit_argv = ["map", "fit", st, "--run", "a", "--x", "hidden.0", "--y", "hidden.1"]
+    fit_argv += ["--name", "x"]
     for argv, code, msg in [
-        (
-            [
-                "map",
-                "fit",
-                st,
-                "--run",
-                "a",
-                "--x",
-                "hidden.0",
-                "--y",
-                "hidden.1",
-                "--name",
-                "x",
-                "--alphas",
-                "-1",
-            ],
-            1,
-            "alphas must be finite numbers >= 0",
-        ),
-        (
-            [
-                "map",
-                "fit",
-                st,
-                "--run",
-                "a",
-                "--x",
-                "hidden.0",
-                "--y",
-                "hidden.1",
-                "--name",
-                "x",
-                "--alphas",
-                "a,b",
-            ],
-            2,
-            "--alphas takes comma-separated numbers",
-        ),
-        (
-            [
-                "map",
-                "fit",
-                st,
-                "--run",
-                "a",
-                "--x",
-                "hidden.0",
-                "--y",
-                "hidden.1",
-                "--name",
-                "x",
-                "--cv",
-                "sometimes",
-            ],
-            2,
-            "--cv must be one of gcv, loo, none or a whole number",
-        ),
+        ([*fit_argv, "--alphas", "-1"], 1, "alphas must be finite numbers >= 0"),
+        ([*fit_argv, "--alphas", "a,b"], 2, "--alphas takes comma-separated numbers"),
+        ([*fit_argv, "--cv", "sometimes"], 2, "--cv must be one of gcv, loo, none or a whole"),
         (["map", "eval", st, "nope"], 1, "no result 'nope'"),
         (
             ["map", "apply", st, "m", "--out", str(tmp_path / "p.txt")],

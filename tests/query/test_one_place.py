@@ -29,37 +29,12 @@ PKG = ROOT / "src" / "actstore"
 # -- one output head ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def gpt2_head_store(
-    tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    from actstore.extract import ExtractConfig, extract
-
-    root = tmp_path_factory.mktemp("gpt2head")
-    data = root / "c.txt"
-    data.write_text("The dog barks at the cat.\nA second line of text here.\n")
-    store = root / "g.acts"
-    extract(
-        ExtractConfig(
-            model=str(tiny_model_dirs["gpt2"]),
-            data=str(data),
-            store=str(store),
-            run="g",
-            sites="hidden.0,hidden.1,hidden.2",
-            dtype="float32",
-            quiet=True,
-            device="cpu",
-        )
-    )
-    return store
-
-
-def test_one_head_serves_lens_metrics_and_torch(gpt2_head_store: Path) -> None:
+def test_one_head_serves_lens_metrics_and_torch(gpt2_store: Path) -> None:
     import torch
 
     from actstore.query.similarity.nearest import logit_lens
 
-    with actstore.open(gpt2_head_store) as s:
+    with actstore.open(gpt2_store) as s:
         L = s.run_info("g")["model"]["n_layers"]
         ids = np.arange(6)
         H = s.vectors("g", "hidden.1", ids, dtype=np.float32)

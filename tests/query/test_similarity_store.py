@@ -326,29 +326,6 @@ def test_cli_errors(
     assert issubclass(err, ActstoreError)
 
 
-@pytest.fixture(scope="module")
-def gpt2_store(tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from actstore.extract import ExtractConfig, extract
-
-    root = tmp_path_factory.mktemp("gpt2sim")
-    data = root / "c.txt"
-    data.write_text("The dog barks at the cat.\nAspirin treats a headache.\n")
-    store = root / "g.acts"
-    extract(
-        ExtractConfig(
-            model=str(tiny_model_dirs["gpt2"]),
-            data=str(data),
-            store=str(store),
-            run="g",
-            sites="all",
-            dtype="float32",
-            quiet=True,
-            device="cpu",
-        )
-    )
-    return store
-
-
 def test_logit_lens_matches_model(
     gpt2_store: Path, tiny_model_dirs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

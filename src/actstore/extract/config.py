@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -133,28 +132,3 @@ class ExtractConfig:
     def identity(self) -> dict[str, Any]:
         """The options that decide what is stored (two jobs agree on these to share a run)."""
         return {k: v for k, v in self.to_json().items() if k not in IDENTITY_EXCLUDED}
-
-    @classmethod
-    def help_texts(cls) -> dict[str, str]:
-        """Field name -> its docstring, for the CLI help."""
-        return _field_docs(cls)
-
-
-def _field_docs(cls: type) -> dict[str, str]:
-    import ast
-    import inspect
-    import textwrap
-
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, nxt in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
