@@ -11,6 +11,9 @@ import pytest
 
 import actstore
 from actstore.cli import main
+from actstore.errors import ConfigError
+
+from .conftest import CLI
 
 
 def test_sql_table(syn_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -60,3 +63,74 @@ def test_export(syn_store: Path, tmp_path: Path) -> None:
     args = ["export", str(syn_store), "--run", "b", "--site", "hidden.0", "--out", str(out)]
     assert main(args) == 0
     assert pq.read_table(out).num_rows == 100
+
+
+def test_results_are_not_overwritten_by_accident(
+    minilm_store: Path, tmp_path: Path, cli: CLI
+) -> None:
+    import shutil
+
+    from actstore.query.similarity.on_store import pairwise_result
+
+    st = tmp_path / "s.acts"
+    shutil.copytree(minilm_store, st)
+    base = ["similarity", "pairwise", str(st), "--matrix", "embed", "--sample", "300"]
+    cli(*base, "--save", "h")
+    with pytest.raises(cli.Failed, match=r"result 'h' exists .* --overwrite"):
+        cli(*base, "--save", "h")
+    cli(*base, "--seed", "1", "--save", "h", "--overwrite")
+    assert json.loads((st / "results" / "h" / "meta.json").read_text())["seed"] == 1
+    with actstore.open(st) as s, pytest.raises(ConfigError, match="exists"):
+        pairwise_result(s, "minilm", matrix="embed", sample=300, save="h")
+    fit = ["map", "fit", str(st), "--x", "hidden.0", "--y", "hidden.1", "--name", "m"]
+    cli(*fit)
+    with pytest.raises(cli.Failed, match="result 'm' exists"):
+        cli(*fit)
+    learn = ["sparse", "learn", str(st), "--source", "hidden.6", "--atoms", "8", "--k", "2"]
+    learn += ["--max-batches", "2", "--name", "h"]
+    with pytest.raises(cli.Failed, match="result 'h' exists"):
+        cli(*learn)
+    # info lists the results; rm removes a result and a run
+    out = cli("info", str(st))
+    assert "2 saved result(s)" in out
+    assert "similarity.pairwise on minilm" in out
+    info = cli.json("info", str(st))
+    assert {r["name"] for r in info["results"]} == {"h", "m"}
+    cli("rm", str(st), "--result", "h")
+    with actstore.open(st) as s:
+        assert "h" not in s.tables
+        assert "m" in s.tables
+    with pytest.raises(cli.Failed, match="no result 'h'"):
+        cli("rm", str(st), "--result", "h")
+    cli("rm", str(st), "--run", "minilm")
+    with actstore.open(st) as s:
+        assert s.runs == []
+    assert not (st / "runs" / "minilm").exists()
+    with pytest.raises(cli.Failed, match="no run 'minilm'"):
+        cli("rm", str(st), "--run", "minilm")
+    with pytest.raises(cli.Failed, match="exactly one of --run RUN or --result NAME"):
+        cli("rm", str(st))
+
+
+def test_every_option_has_help() -> None:
+    """Every option of every command says what it does (and shows its default)."""
+    import argparse
+
+    from actstore.cli import build_parser
+
+    missing: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif isinstance(action, argparse._HelpAction | argparse._VersionAction):
+                continue
+            elif action.option_strings and not action.help:
+                missing.append(f"{path} {action.option_strings[0]}")
+            elif not action.option_strings and not action.help and action.dest != "store":
+                missing.append(f"{path} <{action.dest}>")
+
+    walk(build_parser(), "actstore")
+    assert missing == []

@@ -243,6 +243,6 @@ def test_open_store_sees_results_saved_later(hand_store: Path, tmp_path: Path) -
         write_result(st, "later", pa.table({"x": [1, 2, 3]}), meta={"analysis": "test"})
         assert s.sql("SELECT sum(x) FROM later").fetchall()[0][0] == 6
         assert "later" in s.tables
-        write_result(st, "later", pa.table({"x": [5]}), meta={"analysis": "test"})
+        write_result(st, "later", pa.table({"x": [5]}), meta={"analysis": "test"}, overwrite=True)
         assert s.sql("SELECT sum(x) FROM later").fetchall()[0][0] == 5
         assert len(old.fetchall()) >= 2  # a result fetched before the refresh still reads

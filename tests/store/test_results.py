@@ -31,12 +31,12 @@ def test_write_read_replace(store: Path) -> None:
     assert table.column("x").to_pylist() == [1, 2]
     assert meta["k"] == 1
     np.testing.assert_array_equal(arrays["w"], np.eye(2))
-    write_result(store, "a", pa.table({"x": [3]}), meta={"k": 2})
+    with pytest.raises(ConfigError, match="pass --overwrite"):
+        write_result(store, "a", pa.table({"x": [3]}), meta={"k": 2})
+    write_result(store, "a", pa.table({"x": [3]}), meta={"k": 2}, overwrite=True)
     table, meta, arrays = read_result(store, "a")
     assert table.column("x").to_pylist() == [3]
     assert arrays == {}
-    with pytest.raises(ConfigError, match="exists"):
-        write_result(store, "a", pa.table({"x": [4]}), meta={}, overwrite=False)
     # old versions are pruned: at most the current and the previous one stay
     versions = list((store / "results" / ".versions").glob("a-*"))
     assert 1 <= len(versions) <= 2
@@ -81,7 +81,8 @@ def test_readers_never_see_a_missing_or_torn_result(store: Path) -> None:
     t.start()
     try:
         for v in range(1, 31):
-            write_result(store, "r", pa.table({"x": np.full(1000, float(v))}), meta={"v": v})
+            table = pa.table({"x": np.full(1000, float(v))})
+            write_result(store, "r", table, meta={"v": v}, overwrite=True)
     finally:
         stop.set()
         t.join()
@@ -106,5 +107,5 @@ def test_killed_save_is_invisible(store: Path) -> None:
     with actstore.open(store) as s:
         assert "killed" not in s.tables
         assert s.sql("SELECT count(*) FROM runs").fetchall()[0][0] >= 1
-    write_result(store, "killed", pa.table({"x": [2]}), meta={})  # the name is free
+    write_result(store, "killed", pa.table({"x": [2]}), meta={})  # the name is still free
     assert read_result(store, "killed")[0].column("x").to_pylist() == [2]

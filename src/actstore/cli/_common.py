@@ -164,9 +164,15 @@ def dataclass_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def add_store_args(
-    p: argparse.ArgumentParser, *, save: bool = False, plot: bool = False, seed: bool = False
+    p: argparse.ArgumentParser,
+    *,
+    save: bool = False,
+    overwrite: bool = False,
+    plot: bool = False,
+    seed: bool = False,
 ) -> None:
-    """The store positional, ``--run``, ``--json`` and optionally ``--save``/``--overwrite``,
+    """The store positional, ``--run``, ``--json`` and optionally ``--save`` (with
+    ``--overwrite``), ``--overwrite`` alone (for commands that name their result),
     ``--plot`` and ``--seed``."""
     p.add_argument("store", help="store directory")
     p.add_argument("--run", help="run name (default: the store's only run)")
@@ -174,6 +180,10 @@ def add_store_args(
     if save:
         p.add_argument(
             "--save", metavar="NAME", help="save the result as results/NAME (a SQL view)"
+        )
+    if save or overwrite:
+        p.add_argument(
+            "--overwrite", action="store_true", help="replace a saved result of that name"
         )
     if plot:
         p.add_argument("--plot", metavar="FILE.png", help="write a PNG plot")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from typing import Any
 
 from actstore.cli._common import add_dataclass_options, field_help
@@ -77,6 +78,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rm(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    if (args.run is None) == (args.result is None):
+        raise ConfigError("rm needs exactly one of --run RUN or --result NAME")
+    if args.result is not None:
+        from actstore.store.results import remove_result
+
+        remove_result(args.store, args.result)
+        print(f"removed result {args.result!r} from {args.store}", file=sys.stderr)
+        return
+    from actstore.store.commit import remove_run
+
+    remove_run(Path(args.store), args.run)
+    print(f"removed run {args.run!r} from {args.store}", file=sys.stderr)
+
+
 def _cmd_commit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -127,10 +145,20 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
 
+    p = sub.add_parser(
+        "rm", help="remove a committed run (manifest first, then its files) or a saved result"
+    )
+    p.add_argument("store")
+    p.add_argument("--run", help="the run to remove (its docs, tokens, arrays, staging)")
+    p.add_argument("--result", help="the saved result to remove")
+    p.set_defaults(func=_cmd_rm)
+
     p = sub.add_parser("commit", help="publish a sharded run whose parts are all complete")
     p.add_argument("store")
-    p.add_argument("run")
-    p.add_argument("--num-shards", type=int, required=True)
+    p.add_argument("run", help="the run whose parts to publish")
+    p.add_argument(
+        "--num-shards", type=int, required=True, help="how many shard parts the run was split in"
+    )
     p.set_defaults(func=_cmd_commit)
 
     p = sub.add_parser(

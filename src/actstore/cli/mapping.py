@@ -34,7 +34,7 @@ def add_commands(subparsers: Any) -> None:
     sub = top.add_subparsers(dest="map_command", required=True)
 
     fit = sub.add_parser("fit", help="fit a map and save it as a result")
-    add_store_args(fit)
+    add_store_args(fit, overwrite=True)
     _pair_args(fit, required=True)
     fit.add_argument("--name", required=True, help="result name of the saved map")
     add_dataclass_options(
@@ -78,7 +78,7 @@ def _fit(args: argparse.Namespace) -> None:
 
     cfg = MapConfig(**dataclass_values(args, MapConfig))
     with open_run(args) as (store, run):
-        fitted = fit_map(store, _spec(args, run), cfg, save=args.name)
+        fitted = fit_map(store, _spec(args, run), cfg, save=args.name, overwrite=args.overwrite)
         path = result_dir(store.path, args.name)
     emit(args, {"name": args.name, "method": cfg.method, "path": str(path), **fitted.metrics})
 

@@ -16,7 +16,7 @@ __all__ = ["add_commands"]
 
 
 def _saving(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"save": args.save, "overwrite": True}
+    out: dict[str, Any] = {"save": args.save, "overwrite": args.overwrite}
     if hasattr(args, "plot"):
         out["plot"] = args.plot
     return out

@@ -54,6 +54,7 @@ def _cmd_encode(args: argparse.Namespace) -> None:
         backend=args.backend,
         device=args.device,
         window=args.window,
+        overwrite=args.overwrite,
     )
     _report(args, res)
 
@@ -73,6 +74,7 @@ def _cmd_learn(args: argparse.Namespace) -> None:
         rows=args.rows,
         init=args.init,
         window=args.window,
+        overwrite=args.overwrite,
     )
     _report(args, res)
 
@@ -84,7 +86,14 @@ def _cmd_sae(args: argparse.Namespace) -> None:
     run = run_name(args)
     cfg = SAEConfig(**dataclass_values(args, SAEConfig))
     res = sae_store(
-        args.store, run, args.source, cfg, name=args.name, rows=args.rows, window=args.window
+        args.store,
+        run,
+        args.source,
+        cfg,
+        name=args.name,
+        rows=args.rows,
+        window=args.window,
+        overwrite=args.overwrite,
     )
     _report(args, res)
 
@@ -115,7 +124,7 @@ def _cmd_atoms(args: argparse.Namespace) -> None:
 
 
 def _common(p: argparse.ArgumentParser, *, source: bool = True) -> None:
-    add_store_args(p)
+    add_store_args(p, overwrite=source)
     if source:
         p.add_argument(
             "--source",
@@ -140,12 +149,22 @@ def add_commands(subparsers: Any) -> None:
     p = sub.add_parser("encode", help="basis pursuit against a fixed dictionary (OMP or Lasso)")
     _common(p)
     p.add_argument("--dictionary", default="embed", help="embed, unembed or a sparse result")
-    p.add_argument("--method", choices=["omp", "lasso"], default="omp")
+    p.add_argument(
+        "--method",
+        choices=["omp", "lasso"],
+        default="omp",
+        help="OMP with --k non-zeros, or Lasso with --lam (default: omp)",
+    )
     p.add_argument("--k", type=int, default=8, help="non-zeros per row (omp)")
     p.add_argument("--lam", type=float, default=0.1, help="lambda (lasso)")
     p.add_argument("--exclude-self", action="store_true", help="never use the row's own token")
     p.add_argument("--weights", action="store_true", help="weight metrics by token count")
-    p.add_argument("--backend", choices=["numpy", "torch"], default="numpy")
+    p.add_argument(
+        "--backend",
+        choices=["numpy", "torch"],
+        default="numpy",
+        help="array library of the coding (torch: GPU when present) (default: numpy)",
+    )
     p.add_argument("--device", default=None, help="torch device (cuda)")
     p.set_defaults(func=_cmd_encode)
 
@@ -166,8 +185,18 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--atom", type=int, default=None, help="one atom (default: the first ones)")
     p.add_argument("--first", type=int, default=5, help="how many atoms without --atom")
     p.add_argument("--top", type=int, default=5, help="top-activating rows per atom (0: none)")
-    p.add_argument("--nearest", choices=["embed", "unembed"], default=None)
+    p.add_argument(
+        "--nearest",
+        choices=["embed", "unembed"],
+        default=None,
+        help="also list each atom's nearest tokens in this matrix",
+    )
     p.add_argument("--n", type=int, default=5, help="nearest tokens per atom")
     p.add_argument("--map", default=None, help="write a 2-D map of all atoms to this PNG")
-    p.add_argument("--method", choices=["pca", "umap"], default="pca")
+    p.add_argument(
+        "--method",
+        choices=["pca", "umap"],
+        default="pca",
+        help="projection of the --map plot (default: pca)",
+    )
     p.set_defaults(func=_cmd_atoms)

@@ -83,8 +83,8 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("export", help="write the vectors of a site (or of selected rows) to a file")
     p.add_argument("store")
-    p.add_argument("--run", required=True)
-    p.add_argument("--site", required=True)
+    p.add_argument("--run", required=True, help="the run whose vectors to write")
+    p.add_argument("--site", required=True, help="the site, e.g. hidden.6")
     p.add_argument("--rows", help="a SELECT whose first column is the row ids (default: all rows)")
     p.add_argument("--param", action="append", metavar="VALUE", help="a value for a ? in --rows")
     p.add_argument(

@@ -17,12 +17,27 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from actstore.store.results import list_results, read_result, result_dir, write_result
+from actstore.store.results import (
+    check_can_save,
+    list_results,
+    read_result,
+    remove_result,
+    result_dir,
+    write_result,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["AnalysisResult", "list_results", "read_result", "result_dir", "write_result"]
+__all__ = [
+    "AnalysisResult",
+    "check_can_save",
+    "list_results",
+    "read_result",
+    "remove_result",
+    "result_dir",
+    "write_result",
+]
 
 
 @dataclass
@@ -46,7 +61,7 @@ class AnalysisResult:
     arrays: Mapping[str, npt.NDArray[Any]] = field(default_factory=dict)
     path: Path | None = None
 
-    def save(self, store: str | Path, name: str | None, *, overwrite: bool = True) -> None:
+    def save(self, store: str | Path, name: str | None, *, overwrite: bool = False) -> None:
         """Save as result ``name`` of ``store`` (nothing when ``name`` is None)."""
         if name is not None:
             arrays = {k: np.asarray(v) for k, v in self.arrays.items()}

@@ -21,13 +21,14 @@ import zarr
 from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore
 
-from actstore.errors import RunExistsError, StoreError
+from actstore.errors import ConfigError, RunExistsError, RunNotFoundError, StoreError
 from actstore.store._faults import crash_point
 from actstore.store.format import (
     ARRAYS_DIR,
     CENTROIDS_DIR,
     DOCS_DIR,
     MANIFEST_NAME,
+    RUN_NAME,
     TOKENS_DIR,
     VOCAB_NAME,
     VOCAB_STRINGS_NAME,
@@ -102,6 +103,25 @@ def drop_run(store: Path, run: str) -> None:
     shutil.rmtree(run_dir(store, run), ignore_errors=True)
     for f in (store / DOCS_DIR).glob(f"{run}.part-*.parquet"):
         f.unlink()
+
+
+def remove_run(store: Path, run: str) -> None:
+    """Remove the committed or pending run ``run`` (``actstore rm --run``).
+
+    Raises
+    ------
+    RunNotFoundError
+        No committed or pending run of that name.
+    """
+    store = Path(store)
+    manifest = read_manifest(store)
+    if not RUN_NAME.match(run):
+        raise ConfigError(f"run name {run!r} is not allowed (see `actstore info` for the runs)")
+    if run not in manifest["runs"] and not run_dir(store, run).is_dir():
+        raise RunNotFoundError(
+            f"no run {run!r} in {store}; runs: {', '.join(manifest['runs']) or 'none'}"
+        )
+    drop_run(store, run)
 
 
 def commit_run(store: Path, run: str, num_parts: int) -> RunJSON | None:

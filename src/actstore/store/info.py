@@ -17,6 +17,7 @@ from actstore.store.format import (
 )
 from actstore.store.manifest import read_manifest, read_run_json
 from actstore.store.part import iter_part_metas, load_progress, part_indices
+from actstore.store.results import result_summaries
 
 __all__ = ["format_info", "store_info"]
 
@@ -79,6 +80,7 @@ def store_info(store: str | Path) -> dict[str, Any]:
         "bytes": _bytes(store),
         "runs": runs,
         "pending": pending,
+        "results": result_summaries(store),
     }
 
 
@@ -142,4 +144,15 @@ def format_info(info: dict[str, Any]) -> str:
             f"  pending run {p['run']}: {done}/{p['num_parts']} part(s) complete, "
             f"{rows:,} rows so far (not visible to readers until committed)"
         )
+    results = info.get("results") or []
+    if results:
+        lines.append(f"  {len(results)} saved result(s) (SQL views):")
+        width = max(len(r["name"]) for r in results)
+        for r in results:
+            where = "/".join(str(x) for x in (r["run"], r["site"]) if x)
+            rows = "?" if r["rows"] is None else f"{r['rows']:,}"
+            lines.append(
+                f"    {r['name']:<{width}}  {r['analysis'] or '?'} on {where or '?'}, "
+                f"{rows} rows, {r['created_at'] or '?'}"
+            )
     return "\n".join(lines)

@@ -33,9 +33,12 @@ from actstore.store.manifest import read_manifest, store_lock
 
 __all__ = [
     "RESULT_NAME",
+    "check_can_save",
     "list_results",
     "read_result",
+    "remove_result",
     "result_dir",
+    "result_summaries",
     "result_tables",
     "write_result",
 ]
@@ -68,9 +71,10 @@ def write_result(
     *,
     meta: Mapping[str, Any],
     arrays: Mapping[str, npt.NDArray[Any]] | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> Path:
-    """Write result ``name`` (replacing an older one unless ``overwrite=False``).
+    """Write result ``name``; an existing result of that name is replaced only with
+    ``overwrite=True`` (results are never replaced by accident).
 
     Parameters
     ----------
@@ -85,7 +89,7 @@ def write_result(
     arrays : mapping of str to ndarray, optional
         Saved as ``arrays/<key>.npy``.
     overwrite : bool
-        Replace an existing result of that name.
+        Replace an existing result of that name (else a :class:`ConfigError`).
 
     Returns
     -------
@@ -126,6 +130,19 @@ def write_result(
         _fsync_dir(root)
         _prune(root, name, keep=version.name)
     return final
+
+
+def check_can_save(store: str | Path, name: str, *, overwrite: bool = False) -> None:
+    """Refuse early (before any work) a result name that is invalid, taken (unless
+    ``overwrite``) or equal up to case to a saved one.
+
+    Raises
+    ------
+    ConfigError
+        With what to do instead.
+    """
+    _check_name(name)
+    _check_free(Path(store) / RESULTS_DIR, name, overwrite)
 
 
 def _check_free(root: Path, name: str, overwrite: bool) -> None:
@@ -261,6 +278,56 @@ def result_tables(store: str | Path) -> dict[str, Path]:
 
 def _valid_name(name: str) -> bool:
     return bool(RESULT_NAME.match(name)) and name.lower() not in _RESERVED
+
+
+def remove_result(store: str | Path, name: str) -> None:
+    """Remove result ``name``: its link first (readers stop seeing it at once), then its
+    versions.
+
+    Raises
+    ------
+    ResultNotFoundError
+        No result ``name``.
+    """
+    _check_name(name)
+    root = Path(store) / RESULTS_DIR
+    read_manifest(Path(store))
+    with store_lock(Path(store)):
+        final = root / name
+        if not final.is_symlink() and not (final / RESULT_TABLE).is_file():
+            have = ", ".join(list_results(store)) or "none"
+            raise ResultNotFoundError(f"no result {name!r} in {store} (results: {have})")
+        if final.is_symlink():
+            final.unlink()
+        else:  # a result saved by actstore < 0.2
+            shutil.rmtree(final)
+        _fsync_dir(root)
+        for version in (root / VERSIONS_DIR).glob(f"{name}-*"):
+            if _is_version(version, name):
+                shutil.rmtree(version, ignore_errors=True)
+
+
+def result_summaries(store: str | Path) -> list[dict[str, Any]]:
+    """One line per saved result: name, analysis, run, site/source, rows, created_at."""
+    out = []
+    for name, table in result_tables(store).items():
+        try:
+            meta = json.loads((table.parent / RESULT_META).read_text())
+            rows = pq.ParquetFile(table).metadata.num_rows
+        except (OSError, ValueError):
+            meta, rows = {}, None
+        spec = meta.get("spec") or {}
+        out.append(
+            {
+                "name": name,
+                "analysis": meta.get("analysis"),
+                "run": meta.get("run") or spec.get("run"),
+                "site": meta.get("site") or meta.get("source") or spec.get("x"),
+                "rows": rows,
+                "created_at": meta.get("created_at"),
+            }
+        )
+    return out
 
 
 def list_results(store: str | Path) -> list[str]:

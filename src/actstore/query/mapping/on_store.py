@@ -243,7 +243,7 @@ def fit_map(
     config: MapConfig | None = None,
     *,
     save: str | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> FittedMap:
     """Fit a map on the training split of ``spec``'s rows and score it on train and val;
     with ``save=NAME`` also save it as result ``NAME`` (see :func:`save_map`).
@@ -259,6 +259,10 @@ def fit_map(
     MappingError, ConfigError, RunNotFoundError, SiteNotFoundError, MatrixNotFoundError
     """
     cfg = config or MapConfig()
+    if save is not None:
+        from actstore.query.results import check_can_save
+
+        check_can_save(store.path, save, overwrite=overwrite)
     rows = pair_rows(store, spec)
     split = resolved_split(spec, cfg)
     tr_idx, va_idx = _split(rows, cfg, split)

@@ -22,7 +22,7 @@ __all__ = ["apply_map", "load_map", "save_map"]
 
 
 def save_map(
-    store_path: str | Path, name: str, fitted: FittedMap, *, overwrite: bool = True
+    store_path: str | Path, name: str, fitted: FittedMap, *, overwrite: bool = False
 ) -> Path:
     """Save ``fitted`` as result ``name``: arrays ``coef`` (d, m), ``intercept`` (m,) and
     extras; the metrics table has one row per split; meta holds spec, config and map info."""

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from actstore.errors import ConfigError
-from actstore.query.results import AnalysisResult
+from actstore.query.results import AnalysisResult, check_can_save
 
 if TYPE_CHECKING:
     from actstore.query.similarity.nearest import Metric
@@ -45,6 +45,11 @@ def _rows_or_fail(store: Store, run: str, rows: str) -> npt.NDArray[np.int64]:
     return ids
 
 
+def _check_save(store: Store, save: str | None, overwrite: bool) -> None:
+    if save is not None:
+        check_can_save(store.path, save, overwrite=overwrite)
+
+
 def _finish(
     result: AnalysisResult, store: Store, save: str | None, overwrite: bool
 ) -> AnalysisResult:
@@ -63,7 +68,7 @@ def pairwise_result(
     sample: int | None = None,
     seed: int = 0,
     save: str | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
     plot: str | Path | None = None,
 ) -> AnalysisResult:
     """Pairwise cosine statistics of a matrix or a site's rows, raw and mean-centered.
@@ -86,6 +91,7 @@ def pairwise_result(
     AnalysisResult
         One row per ``variant`` (raw, centered) with the statistics and histogram.
     """
+    _check_save(store, save, overwrite)
     import pandas as pd
 
     from actstore.query.similarity.pairwise import mean_vector_stats, pairwise_cosine_stats
@@ -126,10 +132,11 @@ def anisotropy_result(
     seed: int = 0,
     baseline: Literal["other_docs", "any"] = "other_docs",
     save: str | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
     plot: str | Path | None = None,
 ) -> AnalysisResult:
     """:func:`~actstore.query.similarity.pairwise.anisotropy_by_layer`, saved and plotted."""
+    _check_save(store, save, overwrite)
     from actstore.query.similarity.pairwise import anisotropy_by_layer
 
     df = anisotropy_by_layer(
@@ -155,11 +162,12 @@ def centroids_result(
     tokens: Sequence[str],
     *,
     save: str | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
     plot: str | Path | None = None,
 ) -> AnalysisResult:
     """:func:`~actstore.query.similarity.centroids.centroid_similarity`, saved (arrays:
     the ``centroid``, ``embed`` and ``unembed`` cosine matrices) and plotted."""
+    _check_save(store, save, overwrite)
     from actstore.query.similarity.centroids import centroid_similarity
 
     df, mats = centroid_similarity(store, run, site, list(tokens))
@@ -181,9 +189,10 @@ def sinks_result(
     max_embed_cos: float = 0.5,
     top_k: int = 100,
     save: str | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> AnalysisResult:
     """:func:`~actstore.query.similarity.centroids.sink_scan`, saved."""
+    _check_save(store, save, overwrite)
     from actstore.query.similarity.centroids import sink_scan
 
     opts = {
@@ -244,10 +253,11 @@ def nearest_result(
     k: int = 10,
     metric: Metric = "cosine",
     save: str | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> AnalysisResult:
     """Nearest vocabulary tokens of tokens, centroids or rows (see :func:`query_vectors`),
     optionally relative to a start token ``v0`` (ranking ``matrix - v0``), saved."""
+    _check_save(store, save, overwrite)
     from actstore.query.similarity.nearest import nearest
 
     V, names = query_vectors(store, run, tokens=tokens, site=site, rows=rows, matrix=matrix)
@@ -274,10 +284,11 @@ def lens_result(
     sites: list[str] | None = None,
     k: int = 5,
     save: str | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
 ) -> AnalysisResult:
     """Logit lens: the top ``k`` tokens (with probabilities) of each selected row at each
     site (default: every ``hidden.*``) through the run's stored head, saved."""
+    _check_save(store, save, overwrite)
     import pandas as pd
 
     from actstore.query.similarity.nearest import logit_lens, top_tokens
@@ -313,12 +324,13 @@ def cka_result(
     measures: Sequence[str] = ("cka", "cka_unbiased", "rsa", "procrustes"),
     seed: int = 0,
     save: str | None = None,
-    overwrite: bool = True,
+    overwrite: bool = False,
     plot: str | Path | None = None,
 ) -> AnalysisResult:
     """CKA / RSA / Procrustes between sites of ``run``, or between ``run`` and ``run_b``
     (rows aligned by character span), saved and plotted as a heatmap of the first measure.
     """
+    _check_save(store, save, overwrite)
     from actstore.query.similarity.cka import compare_runs, compare_sites
 
     ms = tuple(measures)

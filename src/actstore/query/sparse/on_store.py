@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from actstore.errors import ConfigError
 from actstore.query._backend import Backend
-from actstore.query.results import read_result, write_result
+from actstore.query.results import check_can_save, read_result, write_result
 from actstore.query.rowstream import ArraySource, RowSource, StoreSource
 from actstore.query.sparse.dictlearn import DictionaryLearner, DictLearnConfig
 from actstore.query.sparse.metrics import sparse_metrics
@@ -111,7 +111,13 @@ def _own_atoms(
 
 
 def _save(
-    s: Store, name: str, run: str, res: SparseResult, arrays: dict[str, Any] | None = None
+    s: Store,
+    name: str,
+    run: str,
+    res: SparseResult,
+    arrays: dict[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
 ) -> SparseResult:
     meta = {**res.meta, "run": run, "metrics": res.metrics, "n_rows": len(res.rows)}
     write_result(
@@ -120,6 +126,7 @@ def _save(
         codes_table(res.codes, res.rows, run),
         meta=meta,
         arrays={"dictionary": res.dictionary, "rows": res.rows, **(arrays or {})},
+        overwrite=overwrite,
     )
     res.meta = meta
     return res
@@ -143,6 +150,7 @@ def encode_store(
     device: str | None = None,
     batch_rows: int = 1024,
     window: int | None = None,
+    overwrite: bool = False,
 ) -> SparseResult:
     """Basis pursuit of ``source`` rows against a fixed dictionary; saves result ``name``.
 
@@ -172,6 +180,7 @@ def encode_store(
     -------
     SparseResult
     """
+    check_can_save(store, name, overwrite=overwrite)
     with Store(store) as s:
         src, ids, kind = _source(s, run, source, rows)
         D = load_dictionary(s, run, dictionary)
@@ -201,9 +210,8 @@ def encode_store(
             "weights": weights,
             "normalize": normalize,
         }
-        return _save(
-            s, name, run, SparseResult(name, codes, ids, D.astype(np.float32), metrics, meta)
-        )
+        res = SparseResult(name, codes, ids, D.astype(np.float32), metrics, meta)
+        return _save(s, name, run, res, overwrite=overwrite)
 
 
 def _codes_blocks(
@@ -231,11 +239,13 @@ def learn_store(
     rows: Any = None,
     init: str | None = None,
     window: int | None = None,
+    overwrite: bool = False,
 ) -> SparseResult:
     """Learn a dictionary from ``source`` rows streamed from the store; saves result ``name``.
 
     ``init`` names a saved sparse result whose dictionary warm-starts the atoms.
     """
+    check_can_save(store, name, overwrite=overwrite)
     with Store(store) as s:
         src, ids, kind = _source(s, run, source, rows)
         D0 = load_dictionary(s, run, init) if init else None
@@ -253,7 +263,8 @@ def learn_store(
             "init": init,
             "n_steps": dl.n_steps_,
         }
-        return _save(s, name, run, SparseResult(name, codes, ids, D, metrics, meta))
+        res = SparseResult(name, codes, ids, D, metrics, meta)
+        return _save(s, name, run, res, overwrite=overwrite)
 
 
 def sae_store(
@@ -265,12 +276,14 @@ def sae_store(
     name: str,
     rows: Any = None,
     window: int | None = None,
+    overwrite: bool = False,
 ) -> SparseResult:
     """Train a TopK SAE on ``source`` rows streamed from the store; saves result ``name``.
 
     The arrays ``dictionary`` (decoder rows), ``W_enc``, ``b_enc``, ``b_dec`` are saved; the
     input scale is in the meta. Codes are in scaled units.
     """
+    check_can_save(store, name, overwrite=overwrite)
     with Store(store) as s:
         src, ids, kind = _source(s, run, source, rows)
         sae = TopKSAE(config).fit(src)
@@ -286,4 +299,4 @@ def sae_store(
         }
         res = SparseResult(name, codes, ids, sae.components_, metrics, meta)
         arrays = {"W_enc": sae.W_enc_, "b_enc": sae.b_enc_, "b_dec": sae.b_dec_}
-        return _save(s, name, run, res, arrays)
+        return _save(s, name, run, res, arrays, overwrite=overwrite)
