@@ -12,7 +12,8 @@ import pytest
 def test_import_does_not_load_torch(module: str) -> None:
     code = (
         f"import sys, {module}; "
-        "heavy = sorted({'torch', 'transformers'} & set(sys.modules)); "
+        "heavy = sorted({'torch', 'transformers', 'ml_dtypes', 'sklearn', 'scipy', 'matplotlib'}"
+        " & set(sys.modules)); "
         "assert not heavy, heavy"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
@@ -27,3 +28,22 @@ def test_query_namespace_resolves_every_public_name() -> None:
         assert getattr(q, name) is not None, name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         q.nope  # noqa: B018
+
+
+def test_public_namespace_is_what_it_says() -> None:
+    import actstore
+
+    public = [n for n in dir(actstore) if not n.startswith("_")]
+    assert "Path" not in public
+    assert "annotations" not in public
+    assert set(actstore.__all__) <= set(dir(actstore))
+
+
+def test_bfloat16_still_reads_as_bfloat16() -> None:
+    import numpy as np
+
+    from actstore.store.dtypes import logical_numpy_dtype, to_logical
+
+    assert str(logical_numpy_dtype("bfloat16")) == "bfloat16"
+    got = to_logical(np.array([16256], np.uint16), "bfloat16").astype(np.float32)
+    assert got.tolist() == [1.0]

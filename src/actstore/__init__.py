@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from os import PathLike, fspath
 
 from actstore._version import __version__
 from actstore.query.store import Store
@@ -10,7 +10,7 @@ from actstore.query.store import Store
 __all__ = ["Store", "__version__", "open"]
 
 
-def open(path: str | Path) -> Store:
+def open(path: str | PathLike[str]) -> Store:
     """Open the store at ``path`` read-only; see :class:`actstore.query.Store`.
 
     Raises
@@ -18,4 +18,9 @@ def open(path: str | Path) -> Store:
     StoreNotFoundError, StoreError, FormatVersionError
         No store there, not a store, or written by a newer format version.
     """
-    return Store(path)
+    return Store(fspath(path))
+
+
+def __dir__() -> list[str]:
+    """The public names (not the helpers this module imports)."""
+    return sorted([*__all__, "errors", "extract", "query", "store", "cli"])

@@ -134,3 +134,13 @@ def test_every_option_has_help() -> None:
 
     walk(build_parser(), "actstore")
     assert missing == []
+
+
+def test_small_outputs_read_well(minilm_store: Path, cli: CLI) -> None:
+    out = cli("sql", str(minilm_store), "SELECT run, sites FROM runs", "--format", "csv")
+    lines = out.strip().splitlines()
+    assert len(lines) == 2  # no NumPy repr with embedded newlines
+    assert '""hidden.0""' in lines[1]
+    out = cli("similarity", "sinks", str(minilm_store), "--site", "hidden.6", "--threshold", "1")
+    assert out.startswith("no rows: no token pair has centroid cosine >= 1.0")
+    assert "Empty DataFrame" not in out

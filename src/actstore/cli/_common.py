@@ -238,6 +238,10 @@ def emit(args: argparse.Namespace, payload: Any) -> None:
             return
         import pandas as pd
 
+        if payload.table.empty:
+            hint = payload.meta.get("hint")
+            print("no rows" + (f": {hint}" if hint else ""))
+            return
         table = payload.table.drop(
             columns=[c for c in ("edges", "counts") if c in payload.table], errors="ignore"
         )

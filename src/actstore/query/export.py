@@ -121,6 +121,28 @@ def format_table(
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _json_lists(df: Any) -> Any:
+    """List / array cells as JSON lists (pandas would write a NumPy repr, with newlines)."""
+    import json
+
+    out = df.copy()
+    for col in out.columns:
+        if (
+            out[col].dtype == object
+            and out[col]
+            .map(lambda v: hasattr(v, "__len__") and not isinstance(v, str | bytes))
+            .any()
+        ):
+            out[col] = out[col].map(
+                lambda v: (
+                    json.dumps(np.asarray(v).tolist())
+                    if hasattr(v, "__len__") and not isinstance(v, str | bytes)
+                    else v
+                )
+            )
+    return out
+
+
 def write_query_result(
     result: QueryResult,
     *,
@@ -155,7 +177,7 @@ def write_query_result(
         if more:
             text += f"\n... (more than {max_rows} rows; use --max-rows or --format csv)"
     elif fmt == "csv":
-        text = result.df().to_csv(index=False).rstrip("\n")
+        text = _json_lists(result.df()).to_csv(index=False).rstrip("\n")
     elif fmt == "json":
         text = result.df().to_json(orient="records", date_format="iso", force_ascii=False)
     else:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any, get_args
 
-import ml_dtypes
 import numpy as np
 import numpy.typing as npt
 
@@ -35,11 +34,14 @@ _PHYSICAL: dict[str, np.dtype[Any]] = {
     "float16": np.dtype(np.float16),
     "bfloat16": np.dtype(np.uint16),
 }
-_LOGICAL: dict[str, np.dtype[Any]] = {
-    "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-}
+
+
+def _bfloat16() -> np.dtype[Any]:
+    # imported on first use: ml_dtypes takes ~1 s to import, and most stores hold no bfloat16
+    import ml_dtypes
+
+    dtype: np.dtype[Any] = np.dtype(ml_dtypes.bfloat16)
+    return dtype
 
 
 def check_storage_dtype(name: str) -> StorageDType:
@@ -61,7 +63,9 @@ def physical_numpy_dtype(name: StorageDType) -> np.dtype[Any]:
 
 def logical_numpy_dtype(name: StorageDType) -> np.dtype[Any]:
     """The NumPy dtype readers get back (``ml_dtypes.bfloat16`` for bfloat16)."""
-    return _LOGICAL[check_storage_dtype(name)]
+    if check_storage_dtype(name) == "bfloat16":
+        return _bfloat16()
+    return np.dtype(np.float32 if name == "float32" else np.float16)
 
 
 def to_physical(x: npt.NDArray[Any], name: StorageDType) -> npt.NDArray[Any]:
@@ -81,4 +85,4 @@ def to_logical(x: npt.NDArray[Any], name: StorageDType) -> npt.NDArray[Any]:
     >>> to_logical(np.array([16256], np.uint16), "bfloat16").astype(np.float32)
     array([1.], dtype=float32)
     """
-    return x.view(ml_dtypes.bfloat16) if name == "bfloat16" else x
+    return x.view(_bfloat16()) if name == "bfloat16" else x

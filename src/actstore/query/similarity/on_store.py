@@ -202,7 +202,13 @@ def sinks_result(
         "top_k": top_k,
     }
     df = sink_scan(store, run, site, **opts)  # type: ignore[arg-type]
-    meta = {"analysis": "similarity.sinks", "run": run, "site": site, **opts}
+    meta: dict[str, Any] = {"analysis": "similarity.sinks", "run": run, "site": site, **opts}
+    if df.empty:
+        meta["hint"] = (
+            f"no token pair has centroid cosine >= {threshold} and embedding cosine <= "
+            f"{max_embed_cos} among tokens seen >= {min_count} times; lower --threshold, "
+            "raise --max-embed-cos or lower --min-count"
+        )
     return _finish(AnalysisResult(df, meta), store, save, overwrite)
 
 
