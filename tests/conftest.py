@@ -293,6 +293,146 @@ def _build_roberta() -> tuple[Any, Any]:
     return RobertaModel(config), tokenizer
 
 
+def _build_gemma() -> tuple[Any, Any]:
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    tokenizer = _fast(
+        _byte_bpe(["<pad>", "<eos>", "<bos>", "<unk>"], bos="<bos>"),
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    config = GemmaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return GemmaForCausalLM(config), tokenizer
+
+
+def _build_gemma2() -> tuple[Any, Any]:
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    tokenizer = _fast(
+        _byte_bpe(["<pad>", "<eos>", "<bos>", "<unk>"], bos="<bos>"),
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    config = Gemma2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        query_pre_attn_scalar=8,
+        max_position_embeddings=128,
+        sliding_window=4,
+        # Far below the real 30.0 so that a forgotten softcap changes the logits a lot.
+        final_logit_softcapping=2.0,
+        attn_logit_softcapping=5.0,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return Gemma2ForCausalLM(config), tokenizer
+
+
+def _opt(**layout: Any) -> tuple[Any, Any]:
+    from transformers import OPTConfig, OPTForCausalLM
+
+    tokenizer = _fast(
+        _byte_bpe(["<s>", "<pad>", "</s>", "<unk>"], bos="</s>"),
+        bos_token="</s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    config = OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=3,
+        ffn_dim=64,
+        num_attention_heads=2,
+        max_position_embeddings=128,
+        dropout=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **layout,
+    )
+    return OPTForCausalLM(config), tokenizer
+
+
+def _build_opt() -> tuple[Any, Any]:
+    """OPT-125m's layout: pre-LN blocks, a final LayerNorm, embeddings as wide as the blocks."""
+    return _opt(do_layer_norm_before=True, word_embed_proj_dim=32)
+
+
+def _build_opt350m() -> tuple[Any, Any]:
+    """OPT-350m's layout: post-LN blocks, no final norm, 16-wide embeddings projected in
+    (``project_in``) and out (``project_out``) of the 32-wide blocks."""
+    return _opt(do_layer_norm_before=False, word_embed_proj_dim=16)
+
+
+def _build_cohere() -> tuple[Any, Any]:
+    from transformers import CohereConfig, CohereForCausalLM
+
+    tokenizer = _fast(
+        _byte_bpe(["<PAD>", "<UNK>", "<BOS_TOKEN>", "<EOS_TOKEN>"], bos="<BOS_TOKEN>"),
+        bos_token="<BOS_TOKEN>",
+        eos_token="<EOS_TOKEN>",
+        pad_token="<PAD>",
+        unk_token="<UNK>",
+    )
+    config = CohereConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        logit_scale=0.25,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return CohereForCausalLM(config), tokenizer
+
+
+def _build_gptj() -> tuple[Any, Any]:
+    from transformers import GPTJConfig, GPTJForCausalLM
+
+    tokenizer = _fast(
+        _byte_bpe(["<|endoftext|>"]), bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
+    eos = tokenizer.eos_token_id
+    config = GPTJConfig(
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        rotary_dim=4,
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
+    return GPTJForCausalLM(config), tokenizer
+
+
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "gpt2": _build_gpt2,
     "gpt_neo": _build_gpt_neo,
@@ -304,7 +444,18 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "qwen3": _build_qwen3,
     "distilbert": _build_distilbert,
     "roberta": _build_roberta,
+    "gemma": _build_gemma,
+    "gemma2": _build_gemma2,
+    "opt": _build_opt,
+    "opt350m": _build_opt350m,
+    "cohere": _build_cohere,
+    # No adapter is registered for GPT-J: the inferred one must be right or refused.
+    "gptj": _build_gptj,
 }
+
+#: Builders whose 1-D weights (norm scales, biases) are randomised too, so that a norm
+#: read as ``w`` instead of ``1 + w`` (Gemma), or a bias left out, changes the numbers.
+RANDOM_1D = frozenset({"gemma", "gemma2", "opt", "opt350m", "cohere", "gptj"})
 
 
 def save_tiny_model(arch: str, folder: Path, seed: int = 0) -> Path:
@@ -318,6 +469,8 @@ def save_tiny_model(arch: str, folder: Path, seed: int = 0) -> Path:
         for p in model.parameters():
             if p.ndim > 1:
                 p.normal_(0.0, 0.2)
+            elif arch in RANDOM_1D:
+                p.normal_(0.0, 0.5)
     model.eval()
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
