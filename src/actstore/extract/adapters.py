@@ -2,13 +2,15 @@
 
 One small :class:`Adapter` per family of Hugging Face ``model_type`` values, looked up by
 :func:`adapter_for`; a model type not in the registry gets an adapter inferred from the
-module tree (the largest ``nn.ModuleList`` is taken as the blocks). This module imports
-neither torch nor transformers.
+module tree (the largest ``nn.ModuleList`` is taken as the blocks). Registered or inferred,
+:func:`actstore.extract.sites.check_hidden_sites` compares the adapter's sites with Hugging
+Face's ``hidden_states`` when the model is loaded and refuses a model where they differ.
+This module imports neither torch nor transformers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from actstore.errors import ModelLoadError
@@ -35,7 +37,9 @@ class Adapter:
     """Path of the ``nn.ModuleList`` of transformer blocks (``"h"``, ``"layers"``)."""
     final_norm: str | None
     """Path of the norm after the last block, which Hugging Face folds into
-    ``hidden_states[-1]``; ``None`` when ``hidden_states[-1]`` is the raw last block output."""
+    ``hidden_states[-1]``; ``None`` when ``hidden_states[-1]`` is the raw last block output.
+    A path whose module is absent in a checkpoint (OPT-350m has no final norm) is dropped
+    by :meth:`resolve`."""
     causal: bool
     """Load with ``AutoModelForCausalLM`` (the model has an output head) instead of
     ``AutoModel``."""
@@ -46,6 +50,33 @@ class Adapter:
     position_offset: int = 0
     """Position-embedding rows that are not usable positions (RoBERTa reserves
     ``padding_idx + 1``), subtracted from ``max_position_embeddings``."""
+    final_proj: str | None = None
+    """Path of a linear projection applied after the final norm (OPT-350m's
+    ``decoder.project_out``), also folded into ``hidden_states[-1]``; exported as the
+    ``final_proj.*`` matrices so that the offline head can apply it to earlier layers."""
+    embed_proj: str | None = None
+    """Path of a linear projection of the token embeddings before block 0 (OPT-350m's
+    ``decoder.project_in``); exported as the ``embed_proj.*`` matrices."""
+
+    def resolve(self, base: nn.Module) -> Adapter:
+        """This adapter with the optional modules (``final_norm``, ``final_proj``,
+        ``embed_proj``) that ``base`` does not have set to ``None``."""
+
+        def present(path: str | None) -> str | None:
+            if path is None:
+                return None
+            try:
+                base.get_submodule(path)
+            except AttributeError:  # absent, or None in this checkpoint
+                return None
+            return path
+
+        return replace(
+            self,
+            final_norm=present(self.final_norm),
+            final_proj=present(self.final_proj),
+            embed_proj=present(self.embed_proj),
+        )
 
 
 _DECODER_HIDDEN0 = "token embeddings{extra}: the input of block 0 (Hugging Face hidden_states[0])"
@@ -69,6 +100,24 @@ def _decoder(
         hidden_last=_FINAL_NORM_LAST.format(norm=norm, path=norm_path, layers=layers),
     )
 
+
+_OPT_LAST = (
+    "last_hidden_state, as Hugging Face returns in hidden_states[-1]: the output of the last "
+    "block, then the final LayerNorm (decoder.final_layer_norm; absent in post-LN "
+    "checkpoints such as OPT-350m), then the projection decoder.project_out to "
+    "word_embed_proj_dim where that differs from hidden_size (OPT-350m: 512 of 1024)"
+)
+_GEMMA_HIDDEN0 = (
+    "token embeddings multiplied by sqrt(hidden_size) (the stored embed matrix is the "
+    "unscaled weight; no position embeddings: RoPE): the input of block 0 (Hugging Face "
+    "hidden_states[0])"
+)
+_GEMMA_LAST = (
+    "output of the last block passed through the final norm (norm: RMSNorm scaled by "
+    "1 + weight, recorded as weight_offset 1.0), as Hugging Face returns in "
+    "hidden_states[-1]; the raw output of the last block is not a hidden site (capture it "
+    "with module:layers.<L-1>)"
+)
 
 _BERT_LAST = (
     "output of the last encoder layer (post-LN: each layer ends in its own LayerNorm; "
@@ -141,6 +190,36 @@ ADAPTERS: tuple[Adapter, ...] = (
         extra=" (no position embeddings: RoPE)",
     ),
     _decoder(
+        name="cohere",
+        model_types=("cohere",),
+        layers="layers",
+        norm_path="norm",
+        norm="LayerNorm without bias",
+        extra=" (no position embeddings: RoPE)",
+    ),
+    Adapter(
+        name="gemma",
+        model_types=("gemma", "gemma2"),
+        layers="layers",
+        final_norm="norm",
+        causal=True,
+        hidden0=_GEMMA_HIDDEN0,
+        hidden_last=_GEMMA_LAST,
+    ),
+    Adapter(
+        name="opt",
+        model_types=("opt",),
+        layers="decoder.layers",
+        final_norm="decoder.final_layer_norm",
+        causal=True,
+        hidden0="token embeddings (projected to hidden_size by decoder.project_in where "
+        "word_embed_proj_dim differs, as in OPT-350m) + learned position embeddings: the "
+        "input of block 0 (Hugging Face hidden_states[0])",
+        hidden_last=_OPT_LAST,
+        final_proj="decoder.project_out",
+        embed_proj="decoder.project_in",
+    ),
+    _decoder(
         name="qwen2",
         model_types=("qwen2", "qwen3"),
         layers="layers",
@@ -187,10 +266,9 @@ def _infer(config: Any, base: nn.Module) -> Adapter | None:
             break
     model_type = str(getattr(config, "model_type", "unknown"))
     last = (
-        f"output of the last block passed through the final norm ({norm}) (inferred: "
-        "assumed to be what Hugging Face returns in hidden_states[-1])"
-        if norm
-        else "output of the last block (inferred; no final norm found)"
+        "last_hidden_state, as Hugging Face returns in hidden_states[-1] (checked at load; "
+        "inferred adapter): the output of the last block, then the final norm "
+        f"({norm if norm else 'none found'}) and whatever else the model applies there"
     )
     return Adapter(
         name=f"inferred:{model_type}",
@@ -198,7 +276,8 @@ def _infer(config: Any, base: nn.Module) -> Adapter | None:
         layers=layers,
         final_norm=norm,
         causal=is_causal_config(config),
-        hidden0="input of block 0 (inferred: embeddings as Hugging Face hidden_states[0])",
+        hidden0="input of block 0, as Hugging Face hidden_states[0] (checked at load; "
+        "inferred adapter)",
         hidden_last=last,
     )
 

@@ -244,7 +244,8 @@ def load_model(
     ------
     ModelLoadError
         The folder is missing or not a model, the hub is unreachable, the model type has
-        no adapter, or only a slow tokenizer exists.
+        no adapter, the adapter's hidden sites differ from Hugging Face's
+        ``hidden_states`` on a dummy batch, or only a slow tokenizer exists.
     ConfigError
         ``device`` or ``compute_dtype`` is not valid.
     """
@@ -313,6 +314,7 @@ def load_model(
     base: Any = hf_model.base_model
     if adapter is None:
         adapter = adapter_for(config, base)
+    adapter = adapter.resolve(base)
     try:
         blocks = base.get_submodule(adapter.layers)
     except AttributeError as exc:
@@ -337,7 +339,7 @@ def load_model(
         "vocab_size": int(embed.weight.shape[0]),
         "config": _json_safe(hf_model.config.to_dict()),
     }
-    return LoadedModel(
+    lm = LoadedModel(
         model=hf_model,
         base=base,
         tokenizer=tokenizer,
@@ -350,3 +352,7 @@ def load_model(
         info=info,
         tokenizer_info=_tokenizer_info(tokenizer),
     )
+    from actstore.extract.check import check_hidden_sites
+
+    check_hidden_sites(lm)
+    return lm

@@ -21,7 +21,7 @@ from torch import nn
 from actstore.errors import SiteError, SiteNotFoundError
 from actstore.extract.model import LoadedModel
 
-__all__ = ["Site", "SiteCapture", "list_modules", "parse_sites", "valid_sites"]
+__all__ = ["Site", "SiteCapture", "forward_kwargs", "list_modules", "parse_sites", "valid_sites"]
 
 _SITE_FORMS = (
     "'all', 'hidden.<i>' (0 <= i <= {L}), or 'module:<dotted.path>' "
@@ -141,6 +141,12 @@ def parse_sites(spec: str | Sequence[str], lm: LoadedModel) -> list[Site]:
 # ---------------------------------------------------------------------------- capture
 
 
+def forward_kwargs(module: Any) -> dict[str, Any]:
+    """``use_cache=False`` where ``module.forward`` takes it (no cache is built)."""
+    params = inspect.signature(module.forward).parameters
+    return {"use_cache": False} if "use_cache" in params else {}
+
+
 class _EarlyExit(BaseException):
     """Raised from a hook once every site is captured; a BaseException so that no
     ``except Exception`` inside model code swallows it."""
@@ -176,8 +182,7 @@ class SiteCapture:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._out: dict[str, torch.Tensor] = {}
         self._bt: tuple[int, int] = (0, 0)
-        params = inspect.signature(lm.base.forward).parameters
-        self._extra: dict[str, Any] = {"use_cache": False} if "use_cache" in params else {}
+        self._extra: dict[str, Any] = forward_kwargs(lm.base)
 
     # -- hooks
     def _store(self, site: Site, value: Any) -> None:
@@ -189,6 +194,16 @@ class SiteCapture:
                 )
             return
         t = _first_tensor(value)
+        b, n = self._bt
+        if (
+            site.kind == "module"
+            and isinstance(t, torch.Tensor)
+            and t.ndim == 2
+            and t.shape[0] == b * n
+        ):
+            # Some blocks run their MLP on the tokens flattened to [batch * tokens, d] (OPT's
+            # fc1, fc2 and final_layer_norm); the flattening is row-major, so undo it.
+            t = t.reshape(b, n, t.shape[1])
         if site.kind == "module" and not (
             isinstance(t, torch.Tensor)
             and t.is_floating_point()
@@ -202,8 +217,9 @@ class SiteCapture:
             )
             raise SiteError(
                 f"site {site.name!r}: module {site.module_path} gave {got}, expected a "
-                f"floating tensor of shape [batch, tokens, d] = [{self._bt[0]}, {self._bt[1]}, d]"
-                "; pick a module whose output is per token"
+                f"floating tensor of shape [batch, tokens, d] = [{b}, {n}, d] (or its "
+                f"flattened [batch * tokens, d] = [{b * n}, d]); pick a module whose output "
+                "is per token"
             )
         done = len(self._out) + 1 == len(self.sites)
         # Hidden states are kept by reference, exactly as HF's output_hidden_states keeps
@@ -241,8 +257,10 @@ class SiteCapture:
 
                 self._handles.append(blocks[0].register_forward_pre_hook(pre, with_kwargs=True))
                 continue
-            elif site.index == lm.n_layers and lm.adapter.final_norm is not None:
-                target = lm.base.get_submodule(lm.adapter.final_norm)
+            elif site.index == lm.n_layers:
+                # Hugging Face's hidden_states[L] is the base model's last_hidden_state: after
+                # the final norm and anything after it (OPT-350m's project_out).
+                target = lm.base
             else:
                 assert site.index is not None
                 target = blocks[site.index - 1]
