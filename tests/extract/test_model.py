@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,13 +16,27 @@ from torch import nn
 
 from actstore.errors import ConfigError, ModelLoadError, SiteError, SiteNotFoundError
 from actstore.extract.adapters import ADAPTERS, adapter_for
-from actstore.extract.head import head_info, matrices
+from actstore.extract.check import check_hidden_sites
+from actstore.extract.head import NormSpec, head_info, matrices
 from actstore.extract.model import LoadedModel, load_model
 from actstore.extract.sites import Site, SiteCapture, list_modules, parse_sites, valid_sites
 from tests.conftest import TINY_ARCHS, save_tiny_model
 
-EXTRA_ARCHS = ("mistral", "qwen3", "distilbert", "roberta")
+EXTRA_ARCHS = (
+    "mistral",
+    "qwen3",
+    "distilbert",
+    "roberta",
+    "gemma",
+    "gemma2",
+    "opt",
+    "opt350m",
+    "cohere",
+    "gptj",
+)
 CAUSAL = {"gpt2", "gpt_neo", "llama", "qwen2", "mistral", "qwen3"}
+#: Built with a layout, not a model type, of their own / with no registered adapter.
+LAYOUTS, UNREGISTERED = {"opt350m"}, {"gptj"}
 
 DOCS = [
     "The dog barks at the cat.",
@@ -104,7 +119,8 @@ def test_all_hidden_sites_equal_hf_hidden_states(
     real = mask.bool()
     for i, h in enumerate(ref):
         out = got[f"hidden.{i}"]
-        assert out.shape == (*ids.shape, lm.d_model)
+        assert out.shape == h.shape  # OPT-350m: hidden.L is 16 wide, the blocks 32
+        assert out.shape[:2] == ids.shape
         assert out.dtype == torch.float32
         torch.testing.assert_close(out[real], h[real], atol=1e-5, rtol=0)
 
@@ -389,6 +405,7 @@ def test_matrices(arch: str, load: Callable[[str], LoadedModel]) -> None:
             "has_unembed_bias": False,
             "tied": False,
             "final_norm": None,
+            "final_proj": None,
         }
     expected_norm = {
         "gpt2": "LayerNorm",
@@ -416,9 +433,10 @@ def test_matrices_are_copies(load: Callable[[str], LoadedModel]) -> None:
 
 def test_every_adapter_is_exercised() -> None:
     served = {t for a in ADAPTERS for t in a.model_types}
-    tested = {*TINY_ARCHS, *EXTRA_ARCHS}
+    tested = {*TINY_ARCHS, *EXTRA_ARCHS} - LAYOUTS - UNREGISTERED
     assert {"bert", "gpt2", "gpt_neo", "llama", "qwen2", "mistral"} <= served
     assert tested <= served
+    assert not UNREGISTERED & served
     for adapter in ADAPTERS:
         assert adapter.hidden0
         assert adapter.hidden_last
@@ -438,3 +456,186 @@ def test_adapter_inferred_for_an_unknown_model_type(
     adapter = adapter_for(config, load(arch).base)
     assert (adapter.layers, adapter.final_norm, adapter.causal) == (layers, norm, True)
     assert adapter.name == "inferred:mystery"
+
+
+# ---------------------------------------------------- families: norms, projections, checks
+
+
+@pytest.mark.parametrize(
+    ("arch", "kind", "offset", "bias"),
+    [
+        ("gpt2", "LayerNorm", 0.0, True),
+        ("llama", "RMSNorm", 0.0, False),
+        ("gemma", "RMSNorm", 1.0, False),
+        ("gemma2", "RMSNorm", 1.0, False),
+        ("cohere", "LayerNorm", 0.0, False),
+        ("opt", "LayerNorm", 0.0, True),
+        ("gptj", "LayerNorm", 0.0, True),
+        ("opt350m", None, 0.0, False),
+    ],
+)
+def test_final_norm_is_recorded_as_it_computes(
+    arch: str, kind: str | None, offset: float, bias: bool, load: Callable[[str], LoadedModel]
+) -> None:
+    """Gemma's norms scale by 1 + w: recorded as weight_offset 1.0, not by the class name."""
+    lm = load(arch)
+    info = json.loads(json.dumps(head_info(lm)))
+    mats = matrices(lm)
+    assert "unsupported" not in info
+    assert "lens_unsupported" not in info
+    assert info["check"]["logits"] <= info["check"]["tolerance"]
+    assert info["check"]["final"] <= info["check"]["tolerance"]
+    if kind is None:
+        assert info["final_norm"] is None
+        return
+    fn = info["final_norm"]
+    assert (fn["type"], fn["weight_offset"]) == (kind, offset)
+    assert ("final_norm.bias" in mats) == bias
+    norm = lm.base.get_submodule(fn["path"])
+    x = torch.randn(5, lm.d_model) * 3 + 1
+    spec = NormSpec(fn["type"], fn["class"], fn["eps"], fn["weight_offset"])
+    w = torch.as_tensor(mats["final_norm.weight"])
+    b = torch.as_tensor(mats["final_norm.bias"]) if bias else None
+    with torch.inference_mode():
+        torch.testing.assert_close(spec.apply(x, w, b), norm(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "opt350m"])
+def test_checks_pass_in_bfloat16(arch: str, load: Callable[[str], LoadedModel]) -> None:
+    """The load-time and head checks allow bfloat16 rounding, and still tell 1 + w from w."""
+    folder = Path(str(load(arch).info["path"]))
+    lm = load_model(str(folder), device="cpu", compute_dtype="bfloat16")
+    info = head_info(lm)
+    assert not {"unsupported", "lens_unsupported"} & set(info)
+    if arch == "gemma2":
+        assert info["final_norm"] == {
+            "type": "RMSNorm",
+            "class": "Gemma2RMSNorm",
+            "eps": 1e-6,
+            "weight_offset": 1.0,
+            "path": "norm",
+        }
+
+
+def test_logit_transforms_are_recorded(load: Callable[[str], LoadedModel]) -> None:
+    assert head_info(load("gemma2"))["final_logit_softcapping"] == 2.0
+    assert head_info(load("cohere"))["logit_scale"] == 0.25
+    assert not {"final_logit_softcapping", "logit_scale"} & set(head_info(load("gemma")))
+
+
+def test_opt350m_projections_are_exported(load: Callable[[str], LoadedModel]) -> None:
+    """hidden.0 is the 32-wide block input (after project_in), hidden.L the 16-wide
+    hidden_states[L] (after project_out); both projections are exported."""
+    lm = load("opt350m")
+    assert (lm.adapter.final_norm, lm.adapter.final_proj) == (None, "decoder.project_out")
+    dims = SiteCapture(lm, parse_sites("hidden.0,hidden.3", lm)).probe()
+    assert dims == {"hidden.0": 32, "hidden.3": 16}
+    mats = matrices(lm)
+    decoder = lm.base.decoder
+    np.testing.assert_array_equal(mats["final_proj.weight"], decoder.project_out.weight.numpy())
+    np.testing.assert_array_equal(mats["embed_proj.weight"], decoder.project_in.weight.numpy())
+    assert mats["embed"].shape == mats["unembed"].shape == (320, 16)
+    assert head_info(lm)["final_proj"] == {"path": "decoder.project_out", "shape": [16, 32]}
+    usual = load("opt")
+    assert (usual.adapter.final_norm, usual.adapter.final_proj) == (
+        "decoder.final_layer_norm",
+        None,
+    )
+    assert not {"final_proj.weight", "embed_proj.weight"} & set(matrices(usual))
+
+
+@pytest.mark.parametrize("arch", ["opt", "opt350m"])
+@pytest.mark.parametrize(("module", "width"), [("fc1", 64), ("fc2", 32), ("final_layer_norm", 32)])
+def test_flattened_module_outputs_are_per_token(
+    arch: str, module: str, width: int, load: Callable[[str], LoadedModel]
+) -> None:
+    """OPT's blocks run fc1/fc2/final_layer_norm on [batch * tokens, d]; the site is
+    [batch, tokens, d] and equals a hook on the model, reshaped."""
+    lm = load(arch)
+    path = f"decoder.layers.1.{module}"
+    site = f"module:{path}"
+    assert SiteCapture(lm, parse_sites(site, lm)).probe() == {site: width}
+    ids, mask = batch(lm)
+    got = SiteCapture(lm, parse_sites(site, lm))(ids, mask)[site]
+    seen: list[torch.Tensor] = []
+    handle = lm.base.get_submodule(path).register_forward_hook(
+        lambda _m, _i, o: seen.append(o.clone())
+    )
+    try:
+        with torch.inference_mode():
+            lm.base(input_ids=ids, attention_mask=mask)
+    finally:
+        handle.remove()
+    # OPT-350m is post-LN: its final_layer_norm runs after the tokens are unflattened.
+    flat = not (arch == "opt350m" and module == "final_layer_norm")
+    assert seen[0].shape == ((ids.numel(), width) if flat else (*ids.shape, width))
+    assert got.shape == (*ids.shape, width)
+    torch.testing.assert_close(got, seen[0].reshape(*ids.shape, width), atol=0, rtol=0)
+
+
+def test_a_family_without_adapter_is_checked(load: Callable[[str], LoadedModel]) -> None:
+    """GPT-J has no registered adapter: the inferred one passed the load-time check
+    (every hidden site is compared with HF in test_all_hidden_sites_equal_hf_hidden_states)
+    and its head (with an unembedding bias) reproduces the model's logits."""
+    lm = load("gptj")
+    assert lm.adapter.name == "inferred:gptj"
+    assert (lm.adapter.layers, lm.adapter.final_norm) == ("h", "ln_f")
+    info = head_info(lm)
+    assert info["has_unembed_bias"]
+    assert "unsupported" not in info
+    assert "lens_unsupported" not in info
+
+
+def one_line(exc: pytest.ExceptionInfo[BaseException]) -> str:
+    text = str(exc.value)
+    assert "\n" not in text
+    return text
+
+
+def test_sites_that_differ_from_hf_are_refused(
+    load: Callable[[str], LoadedModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint whose hidden_states[-1] is not last_hidden_state (HF's
+    tie_last_hidden_states=False) is refused, registered adapter or inferred."""
+    lm = load("llama")
+    check_hidden_sites(lm)
+    monkeypatch.setattr(lm.base.config, "tie_last_hidden_states", False, raising=False)
+    with pytest.raises(ModelLoadError) as exc:
+        check_hidden_sites(lm)
+    assert "adapter 'llama' (model type 'llama') does not reproduce Hugging Face's hidden " in (
+        one_line(exc)
+    )
+    assert "hidden.3 differs from hidden_states[3]" in one_line(exc)
+    config = SimpleNamespace(model_type="mystery", architectures=["MysteryForCausalLM"])
+    guessed = dataclasses.replace(lm, adapter=adapter_for(config, lm.base).resolve(lm.base))
+    with pytest.raises(ModelLoadError) as exc:
+        check_hidden_sites(guessed)
+    assert one_line(exc).startswith(
+        "model type 'llama' has no registered adapter, and the one inferred from its modules "
+        "(blocks at 'layers') does not reproduce Hugging Face's hidden states: hidden.3 differs"
+    )
+    assert one_line(exc).endswith("; add an Adapter to actstore/extract/adapters.py")
+
+
+def test_head_that_differs_from_the_model_is_marked(load: Callable[[str], LoadedModel]) -> None:
+    """An output step actstore does not know (here: a hook doubling the logits) or a final
+    projection it was not told about (OPT-350m with an inferred adapter) is recorded as a
+    reason, which the offline head refuses on (tests/query/test_head_models.py)."""
+    lm = load("gptj")
+    handle = lm.model.lm_head.register_forward_hook(lambda _m, _i, o: o * 2)
+    try:
+        info = head_info(lm)
+    finally:
+        handle.remove()
+    assert "the model's logits differ from unembed(hidden.L)" in str(info["unsupported"])
+    assert "lens_unsupported" not in info
+    opt = load("opt350m")
+    config = SimpleNamespace(model_type="mystery", architectures=["MysteryForCausalLM"])
+    guessed = dataclasses.replace(opt, adapter=adapter_for(config, opt.base).resolve(opt.base))
+    assert guessed.adapter.final_proj is None
+    check_hidden_sites(guessed)  # hidden.L is hidden_states[L] whatever the adapter knows
+    info = head_info(guessed)
+    assert "unsupported" not in info
+    assert str(info["lens_unsupported"]).startswith(
+        "the recorded final norm and projection give shape (2, 6, 32), hidden.L has (2, 6, 16)"
+    )

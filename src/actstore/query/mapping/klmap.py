@@ -73,7 +73,7 @@ def fit_kl_map(
     dev = torch_device(device)
     gen = torch.Generator().manual_seed(seed)
     params = head.torch_params(dev)
-    m = params["unembed"].shape[1]
+    m = head.width
     w: torch.Tensor | None = None
     b: torch.Tensor | None = None
     per_epoch: list[float] = []
