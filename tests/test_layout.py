@@ -12,6 +12,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "actstore"
 QUERY_TOP = {
     "__init__.py",
     "_backend.py",
+    "_views.py",
     "export.py",
     "head.py",
     "results.py",

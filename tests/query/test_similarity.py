@@ -9,10 +9,11 @@ from scipy.stats import rankdata
 
 from actstore.errors import ActstoreError, ConfigError
 from actstore.query.head import apply_head
+from actstore.query.similarity.anisotropy import anisotropy
 from actstore.query.similarity.centroids import cosine_matrix, sink_pairs
 from actstore.query.similarity.cka import linear_cka, procrustes_cosine, rsa
 from actstore.query.similarity.nearest import nearest_tokens
-from actstore.query.similarity.pairwise import anisotropy, mean_vector_stats, pairwise_cosine_stats
+from actstore.query.similarity.pairwise import mean_vector_stats, pairwise_cosine_stats
 
 QS = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 

@@ -20,10 +20,11 @@ from actstore.errors import (
     SiteNotFoundError,
     TokenNotFoundError,
 )
+from actstore.query.similarity.anisotropy import anisotropy_by_layer
 from actstore.query.similarity.centroids import centroid_similarity, sink_scan, token_centroids
 from actstore.query.similarity.cka import compare_runs, compare_sites, linear_cka
 from actstore.query.similarity.nearest import logit_lens, nearest
-from actstore.query.similarity.pairwise import anisotropy_by_layer, pairwise_cosine_stats
+from actstore.query.similarity.pairwise import pairwise_cosine_stats
 
 from .conftest import CLI
 

@@ -14,15 +14,9 @@ from actstore.query.store import Store, open_store
 #: public name -> the module (under actstore.query) that defines it
 _LAZY: dict[str, str] = {
     **dict.fromkeys(
-        [
-            "PairwiseStats",
-            "anisotropy",
-            "anisotropy_by_layer",
-            "mean_vector_stats",
-            "pairwise_cosine_stats",
-        ],
-        "similarity.pairwise",
+        ["PairwiseStats", "mean_vector_stats", "pairwise_cosine_stats"], "similarity.pairwise"
     ),
+    **dict.fromkeys(["anisotropy", "anisotropy_by_layer"], "similarity.anisotropy"),
     **dict.fromkeys(
         ["centroid_similarity", "cosine_matrix", "sink_pairs", "sink_scan", "token_centroids"],
         "similarity.centroids",

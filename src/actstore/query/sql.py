@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from actstore.errors import QueryError
+from actstore.query._views import BUILTIN_VIEWS, _ident, _lit, create_views
 from actstore.store.reader import StoreReader
 
 if TYPE_CHECKING:
@@ -28,53 +28,11 @@ if TYPE_CHECKING:
 
 __all__ = ["BUILTIN_VIEWS", "QueryResult", "SQLEngine"]
 
-#: The views every store has, whatever it holds.
-BUILTIN_VIEWS = ("docs", "tokens", "vocab", "runs", "sites")
 
 Params = Sequence[Any] | Mapping[str, Any] | None
 
-_EMPTY_TOKENS = (
-    "SELECT NULL::VARCHAR AS run, NULL::BIGINT AS row, NULL::BIGINT AS doc_id, "
-    "NULL::INTEGER AS pos, NULL::INTEGER AS token_id, NULL::INTEGER AS start, "
-    'NULL::INTEGER AS "end", NULL::BOOLEAN AS special WHERE false'
-)
-_EMPTY_VOCAB = (
-    "SELECT NULL::VARCHAR AS run, NULL::INTEGER AS token_id, NULL::VARCHAR AS token, "
-    "NULL::VARCHAR AS piece, NULL::BOOLEAN AS special, NULL::BIGINT AS count WHERE false"
-)
-_EMPTY_DOCS = (
-    "SELECT NULL::BIGINT AS doc_id, NULL::BIGINT AS doc_index, NULL::VARCHAR AS text WHERE false"
-)
 _EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(ANALYZE\s+)?", re.IGNORECASE)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _lit(value: str) -> str:
-    """A SQL string literal of a store path or run name (never of user input)."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _glob_escaped(path: Path) -> str:
-    """``path`` with DuckDB's glob characters bracketed, so ``a[1]`` names that folder only
-    (not a neighbour ``a1``) and ``*`` / ``?`` in a store path match themselves.
-
-    >>> _glob_escaped(Path("/data/a[1]/x*.parquet"))
-    '/data/a[[]1]/x[*].parquet'
-    """
-    return "".join(f"[{c}]" if c in "[*?" else c for c in str(path))
-
-
-def _file(path: Path) -> str:
-    """A SQL literal naming exactly the file ``path`` for ``read_parquet``."""
-    return _lit(_glob_escaped(path))
-
-
-def _files(paths: Sequence[Path]) -> str:
-    return "[" + ", ".join(_file(p) for p in paths) + "]"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _one_line(message: str) -> str:
@@ -104,111 +62,8 @@ class SQLEngine:
         self.con: duckdb.DuckDBPyConnection = duckdb.connect(":memory:")
         self.views: list[str] = []
         self._columns: dict[str, list[str]] = {}
-        allowed = self._create_views(reader)
+        self.views, self._tables, allowed = create_views(self.con, reader)
         self._lock_down(allowed)
-
-    def _create_views(self, reader: StoreReader) -> list[str]:
-        import pyarrow as pa
-
-        con = self.con
-        allowed: list[Path] = []
-        token_parts, vocab_parts, doc_files = [], [], []
-        runs_rows: list[dict[str, Any]] = []
-        sites_rows: list[dict[str, Any]] = []
-        for name in reader.runs:
-            run = reader.run(name)
-            if run.token_files:
-                allowed += run.token_files
-                token_parts.append(
-                    f"SELECT {_lit(name)} AS run, * FROM read_parquet({_files(run.token_files)})"
-                )
-            if run.vocab_file is not None:
-                allowed.append(run.vocab_file)
-                vocab_parts.append(
-                    f"SELECT {_lit(name)} AS run, * FROM read_parquet({_file(run.vocab_file)})"
-                )
-            doc_files += run.doc_files()
-            meta = run.meta
-            entry = reader.manifest["runs"][name]
-            runs_rows.append(
-                {
-                    "run": name,
-                    "model": str(meta["model"].get("id", "")),
-                    "model_type": str(meta["model"].get("model_type", "")),
-                    "dtype": meta["dtype"],
-                    "n_rows": run.n_rows,
-                    "n_docs": int(entry["n_docs"]),
-                    "num_parts": int(entry["num_parts"]),
-                    "sites": run.sites,
-                    "committed_at": entry["committed_at"],
-                }
-            )
-            for s in meta["sites"]:
-                sites_rows.append(
-                    {
-                        "run": name,
-                        "site": s["name"],
-                        "d": s["d"],
-                        "dtype": s["dtype"],
-                        "n_rows": run.n_rows,
-                        "describes": s.get("describes", ""),
-                    }
-                )
-        allowed += doc_files
-        con.execute(
-            "CREATE VIEW tokens AS "
-            + (" UNION ALL ".join(token_parts) if token_parts else _EMPTY_TOKENS)
-        )
-        con.execute(
-            "CREATE VIEW vocab AS "
-            + (" UNION ALL BY NAME ".join(vocab_parts) if vocab_parts else _EMPTY_VOCAB)
-        )
-        docs = (
-            # the same doc is written by every run over it: keep one row per doc_id
-            f"SELECT DISTINCT ON (doc_id) * FROM read_parquet({_files(doc_files)}, "
-            "union_by_name = true) ORDER BY doc_id"
-            if doc_files
-            else _EMPTY_DOCS
-        )
-        con.execute("CREATE VIEW docs AS " + docs)
-        runs_schema = pa.schema(
-            [
-                ("run", pa.string()),
-                ("model", pa.string()),
-                ("model_type", pa.string()),
-                ("dtype", pa.string()),
-                ("n_rows", pa.int64()),
-                ("n_docs", pa.int64()),
-                ("num_parts", pa.int64()),
-                ("sites", pa.list_(pa.string())),
-                ("committed_at", pa.string()),
-            ]
-        )
-        sites_schema = pa.schema(
-            [
-                ("run", pa.string()),
-                ("site", pa.string()),
-                ("d", pa.int64()),
-                ("dtype", pa.string()),
-                ("n_rows", pa.int64()),
-                ("describes", pa.string()),
-            ]
-        )
-        self._tables = {
-            "runs": pa.Table.from_pylist(runs_rows, schema=runs_schema),
-            "sites": pa.Table.from_pylist(sites_rows, schema=sites_schema),
-        }
-        for name, table in self._tables.items():
-            con.register(f"_actstore_{name}", table)
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM _actstore_{name}")
-        self.views = list(BUILTIN_VIEWS)
-        for name, path in reader.result_files().items():
-            view = name if name not in BUILTIN_VIEWS else f"result_{name}"
-            allowed.append(path)
-            con.execute(f"CREATE VIEW {_ident(view)} AS SELECT * FROM read_parquet({_file(path)})")
-            self.views.append(view)
-        # DuckDB checks the pattern it is given as well as the files it matches
-        return sorted({str(p) for p in allowed} | {_glob_escaped(p) for p in allowed})
 
     def _lock_down(self, allowed: list[str]) -> None:
         import shutil

@@ -7,6 +7,7 @@ Each module is arrays in, arrays out; the ``*_store`` style entry points take a
 
 from __future__ import annotations
 
+from actstore.query.similarity.anisotropy import anisotropy, anisotropy_by_layer
 from actstore.query.similarity.centroids import (
     centroid_similarity,
     cosine_matrix,
@@ -24,8 +25,6 @@ from actstore.query.similarity.cka import (
 from actstore.query.similarity.nearest import logit_lens, nearest, nearest_tokens
 from actstore.query.similarity.pairwise import (
     PairwiseStats,
-    anisotropy,
-    anisotropy_by_layer,
     mean_vector_stats,
     pairwise_cosine_stats,
 )

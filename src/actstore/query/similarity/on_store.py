@@ -135,9 +135,9 @@ def anisotropy_result(
     overwrite: bool = False,
     plot: str | Path | None = None,
 ) -> AnalysisResult:
-    """:func:`~actstore.query.similarity.pairwise.anisotropy_by_layer`, saved and plotted."""
+    """:func:`~actstore.query.similarity.anisotropy.anisotropy_by_layer`, saved and plotted."""
     _check_save(store, save, overwrite)
-    from actstore.query.similarity.pairwise import anisotropy_by_layer
+    from actstore.query.similarity.anisotropy import anisotropy_by_layer
 
     df = anisotropy_by_layer(
         store, run, sites, max_rows=max_rows, n_pairs=n_pairs, seed=seed, baseline=baseline
