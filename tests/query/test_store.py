@@ -29,6 +29,8 @@ from actstore.errors import (
 from actstore.store.dtypes import to_logical, to_physical
 from actstore.store.synthetic import synthetic_rows
 
+from .conftest import CLI
+
 
 def expected(run: str, site_index: int, rows: np.ndarray) -> np.ndarray:
     """Rows of the synthetic store of conftest, recomputed from the generator."""
@@ -246,3 +248,36 @@ def test_open_store_sees_results_saved_later(hand_store: Path, tmp_path: Path) -
         write_result(st, "later", pa.table({"x": [5]}), meta={"analysis": "test"}, overwrite=True)
         assert s.sql("SELECT sum(x) FROM later").fetchall()[0][0] == 5
         assert len(old.fetchall()) >= 2  # a result fetched before the refresh still reads
+
+
+@pytest.mark.parametrize(
+    ("site", "message"),
+    [
+        ("hidden6", r"did you mean 'hidden\.6'\?.*pick one of them$"),
+        ("hidden.9", r"did you mean 'hidden\.6'\?.*the model has hidden\.0\.\.hidden\.6"),
+        ("module:encoder.x", r"re-extract with --sites module:encoder\.x"),
+    ],
+)
+def test_bad_site_suggests_a_valid_one(minilm_store: Path, site: str, message: str) -> None:
+    """The suggestion is always a site the run has; re-extraction only for a real site."""
+    from actstore.errors import SiteNotFoundError
+
+    with actstore.open(minilm_store) as s, pytest.raises(SiteNotFoundError, match=message) as e:
+        s.vectors("minilm", site, [0])
+    assert "--sites hidden.9" not in str(e.value)
+
+
+def test_misspelt_run_is_the_same_message_everywhere(minilm_store: Path, cli: CLI) -> None:
+    st = str(minilm_store)
+    commands = [
+        ["export", st, "--run", "minlm", "--site", "hidden.1", "--out", "/tmp/x.npy"],
+        ["similarity", "pairwise", st, "--run", "minlm", "--matrix", "embed"],
+        ["similarity", "cka", st, "--run", "minlm"],
+        ["map", "fit", st, "--run", "minlm", "--x", "embed", "--y", "hidden.1", "--name", "m"],
+        ["sparse", "encode", st, "--run", "minlm", "--name", "e"],
+    ]
+    for argv in commands:
+        with pytest.raises(cli.Failed) as e:
+            cli(*argv)
+        assert "no committed run 'minlm'" in str(e.value), argv
+        assert "did you mean 'minilm'?" in str(e.value), argv

@@ -143,9 +143,21 @@ class RunReader:
             if s["name"] == site:
                 return s
         raise SiteNotFoundError(
-            f"site {site!r} not in run {self.name!r} (has {', '.join(names) or 'none'}); "
-            f"pick one of them or re-extract with --sites {site}"
+            f"site {site!r} not in run {self.name!r}{_did_you_mean(site, names)} (has "
+            f"{_site_list(names)}); {self._site_advice(site)}"
         )
+
+    def _site_advice(self, site: str) -> str:
+        """Re-extraction is suggested only for a site this model has (``hidden.9`` of a
+        6-layer model is no site at all)."""
+        n_layers = (self.meta.get("model") or {}).get("n_layers")
+        if site.startswith("hidden.") and site[7:].isdigit() and isinstance(n_layers, int):
+            if int(site[7:]) > n_layers:
+                return f"the model has hidden.0..hidden.{n_layers}; pick one of the run's sites"
+            return f"pick one of them or re-extract with --sites {site}"
+        if site.startswith("module:"):
+            return f"pick one of them or re-extract with --sites {site}"
+        return "pick one of them"
 
     @cached_property
     def token_files(self) -> list[Path]:
@@ -226,6 +238,24 @@ class RunReader:
         return _read_zarr(root / site), _read_zarr(root / "count")
 
 
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest valid name, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _site_list(names: list[str]) -> str:
+    """Site names, with a run of ``hidden.0 .. hidden.N`` shortened."""
+    hidden = [n for n in names if n.startswith("hidden.") and n[7:].isdigit()]
+    ks = sorted(int(n[7:]) for n in hidden)
+    if len(ks) > 2 and ks == list(range(ks[0], ks[-1] + 1)):
+        rest = [n for n in names if n not in hidden]
+        return ", ".join([f"hidden.{ks[0]}..hidden.{ks[-1]}", *rest])
+    return ", ".join(names) or "none"
+
+
 def _read_zarr(path: Path) -> npt.NDArray[Any]:
     import zarr
     from zarr.storage import LocalStore
@@ -275,7 +305,7 @@ class StoreReader:
                 else ""
             )
             raise RunNotFoundError(
-                f"no committed run {name!r} in {self.path}{hint}; "
+                f"no committed run {name!r} in {self.path}{hint}{_did_you_mean(name, self.runs)}; "
                 f"runs: {', '.join(self.runs) or 'none'}"
             )
         if name not in self._runs:
