@@ -403,3 +403,31 @@ def test_cli_rows_queries_and_run_pairs(
     ]
     with pytest.raises(CLI.Failed, match="pick one with --run"):
         CLI(capsys)("similarity", "cka", str(syn_store))
+
+
+def test_sweeps_across_sites_with_counts(store: Any, writable: Path, tmp_path: Path) -> None:
+    """Several sites (or all) give one table across layers, each row equal to the one-site
+    analysis; centroid comparisons carry the occurrence counts they rest on."""
+    from actstore.query.similarity.on_store import centroids_result, pairwise_result
+
+    res = centroids_result(store, RUN, "all", ["dog", "cat"], plot=tmp_path / "c.png")
+    assert res.table["site"].tolist() == [f"hidden.{i}" for i in range(7)]
+    one = centroids_result(store, RUN, "hidden.3", ["dog", "cat"])
+    row = res.table[res.table.site == "hidden.3"].iloc[0]
+    assert row.centroid_cos == pytest.approx(one.table.centroid_cos.iloc[0])
+    n_dog = len(store.rows_of_token(RUN, "dog"))
+    assert (res.table.count_a == n_dog).all()
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    pw = pairwise_result(store, RUN, site="hidden.1,hidden.6", sample=300, plot=tmp_path / "p.png")
+    assert pw.table["site"].tolist() == ["hidden.1", "hidden.1", "hidden.6", "hidden.6"]
+    solo = pairwise_result(store, RUN, site="hidden.6", sample=300)
+    assert pw.table["mean"].iloc[2] == pytest.approx(solo.table["mean"].iloc[0])
+    assert set(pw.arrays) == {"cos_with_mean.hidden.1", "cos_with_mean.hidden.6"}
+
+
+def test_missing_token_says_when_only_the_case_differs(store: Any) -> None:
+    with pytest.raises(TokenNotFoundError, match=r"uncased \(lowercase\) vocabulary has 'dog'"):
+        store.token_ids(RUN, "Dog")
+    with pytest.raises(TokenNotFoundError) as e:
+        store.token_ids(RUN, "zzqxw")
+    assert "case" not in str(e.value)

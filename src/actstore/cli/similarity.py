@@ -136,7 +136,11 @@ def add_commands(subparsers: Any) -> None:
     p = sub.add_parser("pairwise", help="pairwise cosine stats of a matrix or site, raw+centered")
     add_store_args(p, save=True, plot=True, seed=True)
     p.add_argument("--matrix", help="a per-vocabulary matrix, e.g. embed")
-    p.add_argument("--site", help="a site, e.g. hidden.6 (non-special rows, or --rows)")
+    p.add_argument(
+        "--site",
+        help="a site (hidden.6), several (hidden.1,hidden.6) or all: one table across "
+        "layers (non-special rows, or --rows)",
+    )
     p.add_argument("--rows", help="SQL selecting the rows of --site")
     p.add_argument(
         "--bins", type=int, default=128, help="histogram bins over [-1, 1] (default: 128)"
@@ -164,7 +168,11 @@ def add_commands(subparsers: Any) -> None:
 
     p = sub.add_parser("centroids", help="centroid cosines of tokens vs their embeddings'")
     add_store_args(p, save=True, plot=True)
-    p.add_argument("--site", required=True, help="site of the centroids")
+    p.add_argument(
+        "--site",
+        required=True,
+        help="site of the centroids: one (hidden.6), several (hidden.1,hidden.6) or all",
+    )
     p.add_argument("--token", action="append", help="a token (repeat, at least 2)")
     p.set_defaults(func=_cmd_centroids)
 

@@ -92,10 +92,30 @@ def require_token_ids(run: RunReader, token: str, match: Match = "auto") -> npt.
     ids = token_ids(run, token, match)
     if not len(ids):
         raise TokenNotFoundError(
-            f"token {token!r} is not in the vocabulary of run {run.name!r}; "
+            f"token {token!r} is not in the vocabulary of run {run.name!r}"
+            f"{_case_hint(run, token)}; "
             "look it up with SELECT * FROM vocab WHERE run = ? AND token ILIKE ?"
         )
     return ids
+
+
+def _case_hint(run: RunReader, token: str) -> str:
+    """`` (it has 'dog': the vocabulary is case-sensitive / uncased)`` when only the case
+    differs."""
+    import pyarrow.parquet as pq
+
+    if run.vocab_file is None:
+        return ""
+    want = token.strip().casefold()
+    strings = pq.read_table(run.vocab_file, columns=["token"]).column("token").to_pylist()
+    near = sorted({t.strip() for t in strings if t is not None and t.strip().casefold() == want})
+    if not near:
+        return ""
+    # special tokens ([CLS], <s>) aside, an uncased vocabulary has no capitals
+    upper = sum(1 for t in strings if t and t != t.lower() and t[0] not in "[<")
+    kind = "cased" if upper > 0.01 * len(strings) else "uncased (lowercase)"
+    shown = ", ".join(repr(t) for t in near[:3])
+    return f" (the {kind} vocabulary has {shown}: only the case differs)"
 
 
 def _rows(engine: SQLEngine, cond: str, params: list[Any]) -> npt.NDArray[np.int64]:

@@ -57,12 +57,31 @@ def _finish(
     return result
 
 
+def expand_sites(store: Store, run: str, sites: str | Sequence[str] | None) -> list[str]:
+    """Site names from ``"all"`` (every ``hidden.*``), a comma-separated string or a list.
+
+    Raises
+    ------
+    SiteNotFoundError
+        A site the run does not have.
+    """
+    if sites is None:
+        return []
+    names = [s.strip() for s in sites.split(",")] if isinstance(sites, str) else list(sites)
+    names = [n for n in names if n]
+    if names == ["all"]:
+        return [s for s in store.sites(run) if s.startswith("hidden.")]
+    for name in names:
+        store.vectors(run, name, [])  # validates run and site, with the store's message
+    return names
+
+
 def pairwise_result(
     store: Store,
     run: str,
     *,
     matrix: str | None = None,
-    site: str | None = None,
+    site: str | Sequence[str] | None = None,
     rows: str | None = None,
     bins: int = 128,
     sample: int | None = None,
@@ -71,25 +90,31 @@ def pairwise_result(
     overwrite: bool = False,
     plot: str | Path | None = None,
 ) -> AnalysisResult:
-    """Pairwise cosine statistics of a matrix or a site's rows, raw and mean-centered.
+    """Pairwise cosine statistics of a matrix or of a site's rows, raw and mean-centered.
 
     Parameters
     ----------
-    matrix, site : str
-        Exactly one: a per-vocabulary matrix (``embed``) or a site (``hidden.6``).
+    matrix : str, optional
+        A per-vocabulary matrix (``embed``).
+    site : str or list of str, optional
+        A site (``hidden.6``), several (``"hidden.1,hidden.6"`` or a list) or ``"all"``
+        (a layer sweep: one table across sites). Give exactly one of ``matrix`` and
+        ``site``.
     rows : str, optional
         SQL selecting the site's rows (default: the run's non-special rows).
     bins, sample, seed
         See :func:`~actstore.query.similarity.pairwise.pairwise_cosine_stats`.
     save : str, optional
-        Save as result ``save`` (arrays: ``cos_with_mean``).
+        Save as result ``save`` (arrays: ``cos_with_mean``, per site when several).
     plot : path, optional
-        Write the raw / centered histograms as a PNG.
+        The raw / centered histograms (one matrix or site), or the mean cosines against
+        the site (several sites), as a PNG.
 
     Returns
     -------
     AnalysisResult
-        One row per ``variant`` (raw, centered) with the statistics and histogram.
+        One row per ``variant`` (raw, centered) and site, with the statistics, the
+        histogram and the mean-vector summary (``cos_with_mean_mean`` ...).
     """
     _check_save(store, save, overwrite)
     import pandas as pd
@@ -98,28 +123,50 @@ def pairwise_result(
 
     if (matrix is None) == (site is None):
         raise ConfigError("pairwise needs exactly one of --matrix NAME or --site SITE")
-    if matrix is not None:
-        X = store.matrix(run, matrix)
-    else:
-        X = store.vectors(
-            run, str(site), rows or NON_SPECIAL, dtype=np.float32, params=None if rows else [run]
-        )
     opts = {"bins": bins, "sample": sample, "seed": seed}
-    stats = {
-        "raw": pairwise_cosine_stats(X, **opts),  # type: ignore[arg-type]
-        "centered": pairwise_cosine_stats(X, center=True, **opts),  # type: ignore[arg-type]
-    }
-    cos_mean, summary = mean_vector_stats(X)
-    df = pd.DataFrame([{"variant": k, **s.to_json()} for k, s in stats.items()])
-    for key, value in summary.items():
-        df[key] = value
-    what = {"matrix": matrix} if matrix else {"site": site, "rows": rows}
-    meta = {"analysis": "similarity.pairwise", "run": run, **what, **opts, **summary}
+    sources = [matrix] if matrix is not None else expand_sites(store, run, site)
+    frames, arrays, all_stats = [], {}, {}
+    for src in sources:
+        if matrix is not None:
+            X = store.matrix(run, matrix)
+        else:
+            X = store.vectors(
+                run, str(src), rows or NON_SPECIAL, dtype=np.float32, params=None if rows else [run]
+            )
+        stats = {
+            "raw": pairwise_cosine_stats(X, **opts),  # type: ignore[arg-type]
+            "centered": pairwise_cosine_stats(X, center=True, **opts),  # type: ignore[arg-type]
+        }
+        cos_mean, summary = mean_vector_stats(X)
+        df = pd.DataFrame([{"variant": k, **s.to_json()} for k, s in stats.items()])
+        for key, value in summary.items():
+            df[key] = value
+        if matrix is None:
+            df.insert(0, "site", src)
+        frames.append(df)
+        key = "cos_with_mean" if len(sources) == 1 else f"cos_with_mean.{src}"
+        arrays[key] = cos_mean
+        all_stats[str(src)] = stats
+    out = pd.concat(frames, ignore_index=True)
+    what = {"matrix": matrix} if matrix else {"sites": sources, "rows": rows}
+    meta: dict[str, Any] = {"analysis": "similarity.pairwise", "run": run, **what, **opts}
+    if len(sources) == 1:
+        meta.update({k: out[k].iloc[0] for k in summary})
+        if matrix is None:
+            meta["site"] = sources[0]
     if plot:
-        from actstore.query.similarity.plots import plot_histograms
+        from actstore.query.similarity.plots import plot_histograms, plot_sweep
 
-        plot_histograms(stats, plot, f"{run} {matrix or site}")
-    return _finish(AnalysisResult(df, meta, {"cos_with_mean": cos_mean}), store, save, overwrite)
+        n = int(out["n_rows"].iloc[0])
+        if len(sources) == 1:
+            name = str(sources[0])
+            plot_histograms(all_stats[name], plot, f"{run} {name}: {n:,} rows")
+        else:
+            wide = out.pivot(index="site", columns="variant", values="mean").loc[sources]
+            wide = wide.reset_index()
+            cols = {"raw": "mean cosine, raw", "centered": "mean cosine, centered"}
+            plot_sweep(wide, cols, plot, f"pairwise cosine per layer, {run} ({n:,} rows)")
+    return _finish(AnalysisResult(out, meta, arrays), store, save, overwrite)
 
 
 def anisotropy_result(
@@ -158,25 +205,66 @@ def anisotropy_result(
 def centroids_result(
     store: Store,
     run: str,
-    site: str,
+    site: str | Sequence[str],
     tokens: Sequence[str],
     *,
     save: str | None = None,
     overwrite: bool = False,
     plot: str | Path | None = None,
 ) -> AnalysisResult:
-    """:func:`~actstore.query.similarity.centroids.centroid_similarity`, saved (arrays:
-    the ``centroid``, ``embed`` and ``unembed`` cosine matrices) and plotted."""
+    """:func:`~actstore.query.similarity.centroids.centroid_similarity` at one site,
+    several (``"hidden.1,hidden.6"``) or ``"all"`` (one table across sites), with the
+    number of occurrences each centroid rests on (``count_a``, ``count_b``); saved (arrays:
+    the ``centroid`` cosine matrix, per site when several, and the ``embed`` / ``unembed``
+    ones) and plotted (the matrices for one site, the cosines against the site for
+    several)."""
     _check_save(store, save, overwrite)
+    import pandas as pd
+
     from actstore.query.similarity.centroids import centroid_similarity
 
-    df, mats = centroid_similarity(store, run, site, list(tokens))
-    meta = {"analysis": "similarity.centroids", "run": run, "site": site, "tokens": list(tokens)}
+    sites = expand_sites(store, run, site)
+    toks = list(tokens)
+    counts = _token_counts(store, run, toks)
+    frames, arrays = [], {}
+    for s in sites:
+        df, mats = centroid_similarity(store, run, s, toks)
+        df.insert(0, "site", s)
+        df["count_a"] = [counts[t] for t in df["token_a"]]
+        df["count_b"] = [counts[t] for t in df["token_b"]]
+        frames.append(df)
+        arrays["centroid" if len(sites) == 1 else f"centroid.{s}"] = mats["centroid"]
+        arrays.update({k: v for k, v in mats.items() if k != "centroid"})
+    out = pd.concat(frames, ignore_index=True)
+    meta = {
+        "analysis": "similarity.centroids",
+        "run": run,
+        "site": sites[0] if len(sites) == 1 else None,
+        "sites": sites,
+        "tokens": toks,
+        "counts": counts,
+    }
     if plot:
-        from actstore.query.similarity.plots import plot_matrices
+        from actstore.query.similarity.plots import plot_matrices, plot_sweep
 
-        plot_matrices(mats, list(tokens), plot, f"{run} {site}")
-    return _finish(AnalysisResult(df, meta, mats), store, save, overwrite)
+        if len(sites) == 1:
+            mats = {k: arrays[k] for k in ("centroid", "embed", "unembed")}
+            shown = [f"{t} (n={counts[t]:,})" for t in toks]
+            plot_matrices(mats, shown, plot, f"{run} {sites[0]}: centroid vs embedding cosines")
+        else:
+            out["pair"] = out["token_a"] + "/" + out["token_b"]
+            plot_sweep(
+                out, {"centroid_cos": "centroid cos"}, plot, f"centroid cosine per layer, {run}"
+            )
+            out = out.drop(columns="pair")
+    return _finish(AnalysisResult(out, meta, arrays), store, save, overwrite)
+
+
+def _token_counts(store: Store, run: str, tokens: list[str]) -> dict[str, int]:
+    """Occurrences of each token string in the run (all vocabulary ids it matches)."""
+    vocab = store.sql("SELECT token_id, count FROM vocab WHERE run = ?", [run]).fetchnumpy()
+    count = dict(zip(vocab["token_id"].tolist(), vocab["count"].tolist(), strict=True))
+    return {t: int(sum(count.get(int(i), 0) for i in store.token_ids(run, t))) for t in tokens}
 
 
 def sinks_result(

@@ -12,7 +12,13 @@ if TYPE_CHECKING:
 
     from actstore.query.similarity.pairwise import PairwiseStats
 
-__all__ = ["plot_anisotropy", "plot_heatmap", "plot_histograms", "plot_matrices"]
+__all__ = [
+    "plot_anisotropy",
+    "plot_heatmap",
+    "plot_histograms",
+    "plot_matrices",
+    "plot_sweep",
+]
 
 
 def _plt() -> Any:
@@ -47,18 +53,41 @@ def plot_histograms(stats: dict[str, PairwiseStats], path: str | Path, title: st
     return _save(fig, path)
 
 
+def plot_sweep(
+    df: pd.DataFrame,
+    columns: dict[str, str],
+    path: str | Path,
+    title: str,
+    *,
+    ylabel: str = "cosine",
+) -> Path:
+    """A layer sweep: one curve per column (``{column: label}``) against ``df["site"]``.
+
+    Rows of the same site (several token pairs, say) are one line per group given by a
+    ``pair`` column when there is one.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    sites = list(dict.fromkeys(df["site"].tolist()))
+    x = {site: i for i, site in enumerate(sites)}
+    groups = df.groupby("pair", sort=False) if "pair" in df else [("", df)]
+    for key, part in groups:
+        for col, label in columns.items():
+            name = f"{label} {key}".strip()
+            ax.plot([x[v] for v in part["site"]], part[col].to_numpy(), marker="o", label=name)
+    ax.set_xticks(range(len(sites)), sites, rotation=45, ha="right")
+    ax.set_xlabel("site")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def plot_anisotropy(df: pd.DataFrame, path: str | Path, title: str = "") -> Path:
     """Anisotropy measures per site (one curve each)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    x = np.arange(len(df))
-    for col in ("baseline", "self_similarity_adj", "intra_doc_adj"):
-        ax.plot(x, df[col].to_numpy(), marker="o", label=col)
-    ax.set_xticks(x, df["site"].tolist(), rotation=45, ha="right")
-    ax.set_ylabel("cosine")
-    ax.set_title(title or "anisotropy per layer")
-    ax.legend()
-    return _save(fig, path)
+    cols = {c: c for c in ("baseline", "self_similarity_adj", "intra_doc_adj")}
+    n = int(df["n_rows"].iloc[0]) if "n_rows" in df and len(df) else 0
+    return plot_sweep(df, cols, path, title or f"anisotropy per layer ({n:,} rows)")
 
 
 def plot_matrices(
