@@ -319,3 +319,82 @@ def test_readme_command_runs(
         argv = shlex.split(line)[1:]
         assert main(argv) == 0, line
         _check_command(argv, *capsys.readouterr(), demo_cwd)
+
+
+#: Dicts whose keys are data (token strings, matrix names, atom ids), not fields.
+_DATA_KEYED = {"counts_by_token", "matrices", "top_rows", "config", "spec"}
+
+
+def _fields(obj: object, parent: str = "") -> set[str]:
+    out: set[str] = set()
+    if isinstance(obj, dict):
+        data_keyed = parent in _DATA_KEYED or (
+            parent == "counts"
+            and all(isinstance(v, int) for v in obj.values())
+            and not {"docs", "tokens"} & set(obj)
+        )
+        for key, value in obj.items():
+            if not data_keyed:
+                out.add(str(key))
+            out |= _fields(value, str(key))
+    elif isinstance(obj, list):
+        for item in obj[:5]:
+            out |= _fields(item, parent)
+    return out
+
+
+def test_every_printed_field_is_explained(
+    minilm_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/outputs.md names every field that an analysis or `info` prints with --json."""
+    import json
+    import shutil
+
+    from actstore.cli import main
+
+    st = str(tmp_path / "o.acts")
+    shutil.copytree(minilm_store, st)
+    commands = [
+        ["similarity", "pairwise", st, "--matrix", "embed", "--sample", "300"],
+        ["similarity", "anisotropy", st, "--max-rows", "500", "--pairs", "500"],
+        ["similarity", "centroids", st, "--site", "hidden.6", "--token", "dog", "--token", "cat"],
+        [
+            "similarity",
+            "sinks",
+            st,
+            "--site",
+            "hidden.6",
+            "--threshold",
+            "0.5",
+            "--max-embed-cos",
+            "0.9",
+            "--top-k",
+            "3",
+        ],
+        ["similarity", "nearest", st, "--token", "dog", "-k", "2"],
+        ["similarity", "cka", st, "--sites", "hidden.1,hidden.2", "--max-rows", "300"],
+        ["map", "fit", st, "--x", "hidden.0", "--y", "hidden.1", "--name", "m"],
+        ["map", "eval", st, "m"],
+        [
+            "sparse",
+            "encode",
+            st,
+            "--source",
+            "hidden.6",
+            "--rows",
+            "SELECT row FROM tokens LIMIT 200",
+            "--name",
+            "e",
+        ],
+        ["sparse", "atoms", st, "e", "--first", "1", "--top", "1", "--nearest", "embed"],
+        ["info", st],
+    ]
+    text = (ROOT / "docs" / "outputs.md").read_text()
+    missing = {}
+    for argv in commands:
+        assert main([*argv, "--json"]) == 0, argv
+        fields = _fields(json.loads(capsys.readouterr().out))
+        gaps = sorted(f for f in fields if f"`{f}`" not in text and not f.isdigit())
+        if gaps:
+            missing[" ".join(argv[:2])] = gaps
+    assert missing == {}
