@@ -60,11 +60,12 @@ class DictLearnConfig:
             raise ConfigError(f"n_atoms must be >= 1, got {self.n_atoms}")
         if (self.k is None) == (self.lam is None):
             raise ConfigError(
-                f"give exactly one of k (OMP) and lam (Lasso), got k={self.k}, lam={self.lam}"
+                "give exactly one of k (--k: OMP coding with k non-zeros) and lam (--lam: "
+                f"Lasso coding), got k={self.k}, lam={self.lam}"
             )
         if self.k is not None and not 1 <= self.k <= self.n_atoms:
             raise ConfigError(
-                f"k must be between 1 and n_atoms={self.n_atoms}, got k={self.k}; lower k"
+                f"k must be between 1 and n_atoms={self.n_atoms}, got k={self.k}; lower k (--k)"
             )
         if self.lam is not None and not (np.isfinite(self.lam) and self.lam > 0):
             raise ConfigError(f"lambda must be a positive number, got {self.lam}; try e.g. 0.1")
