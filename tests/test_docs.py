@@ -152,7 +152,8 @@ def _check_format(ran: list[Ran], ref: Reference) -> None:
 
 
 def _check_query(ran: list[Ran], ref: Reference) -> None:
-    (q,) = ran
+    q, frames = ran
+    _check_frames(frames, ref)
     assert q.shown["s.runs"] == [RUN]
     assert q.shown["s.sites('minilm')"] == [f"hidden.{i}" for i in range(7)]
     assert q.shown["s.run_info('minilm')"] == ref.run_json
@@ -180,6 +181,24 @@ def _check_query(ran: list[Ran], ref: Reference) -> None:
     assert q.ns["E"].dtype == np.float32
     assert q.ns["c"].shape == (D,)
     assert q.ns["c"].dtype == np.float32
+
+
+def _check_frames(f: Ran, ref: Reference) -> None:
+    df = f.ns["df"]
+    want = ref.sql(
+        "SELECT row FROM tokens WHERE run = ? AND NOT special ORDER BY row LIMIT 5", [RUN]
+    ).row
+    assert df["row"].tolist() == want.tolist()
+    np.testing.assert_array_equal(np.stack(df["vector"]), ref.h6[want.to_numpy()])
+    assert {"token", "doc_id", "start", "end"} <= set(df.columns)
+    ds = f.ns["ds"]
+    assert ds["hidden.6"].shape == ref.h6.shape
+    means = f.ns["means"]
+    tid = int(means["token_id"][0])
+    rows = ref.sql("SELECT row FROM tokens WHERE run = ? AND token_id = ?", [RUN, tid]).row
+    np.testing.assert_allclose(
+        means.values[0], ref.h6[rows.to_numpy()].astype(np.float64).mean(0), rtol=1e-4, atol=1e-5
+    )
 
 
 #: Each document with Python examples, and what its examples must show on the demo store.

@@ -1,6 +1,6 @@
 """The :class:`Store`: one opened store, queried by SQL, with its vectors one call away.
 
-Longer than most modules (~450 lines) because it is the documented front door: each method
+Longer than most modules (~520 lines) because it is the documented front door: each method
 is a thin, fully documented call into ``select``, ``export``, ``sql`` or the store reader,
 and splitting the class would scatter its API reference.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -249,6 +249,30 @@ class Store:
         ids = self._rows(r, rows, params)
         x = r.gather(site, ids)
         return x if dtype is None else x.astype(dtype, copy=False)
+
+    def frame(
+        self,
+        run: str,
+        site: str,
+        rows: Any = None,
+        params: Params = None,
+        *,
+        dtype: npt.DTypeLike = np.float32,
+        kind: Literal["pandas", "arrow"] = "pandas",
+    ) -> Any:
+        """The vectors of ``site`` at ``rows`` joined to their token metadata (``row,
+        doc_id, pos, token_id, token, start, end, special, vector``) as a pandas DataFrame
+        or an Arrow table; see :func:`actstore.query.frames.frame`."""
+        from actstore.query.frames import frame
+
+        return frame(self, run, site, rows, params, dtype=dtype, kind=kind)
+
+    def to_xarray(self, run: str, site: str) -> Any:
+        """``site`` as an ``xarray.Dataset`` with token metadata as ``row`` coordinates,
+        lazy (dask) where dask is installed; see :func:`actstore.query.frames.to_xarray`."""
+        from actstore.query.frames import to_xarray
+
+        return to_xarray(self, run, site)
 
     def iter_vectors(
         self,
