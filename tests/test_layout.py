@@ -14,6 +14,7 @@ QUERY_TOP = {
     "_backend.py",
     "_views.py",
     "export.py",
+    "frames.py",
     "head.py",
     "results.py",
     "rowstream.py",

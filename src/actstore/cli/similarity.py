@@ -83,7 +83,7 @@ def _cmd_sinks(args: argparse.Namespace) -> None:
 
 
 def _cmd_nearest(args: argparse.Namespace) -> None:
-    from actstore.query.similarity.on_store import nearest_result
+    from actstore.query.similarity.nearest import nearest_result
 
     with open_run(args) as (store, run):
         res = nearest_result(
@@ -102,7 +102,7 @@ def _cmd_nearest(args: argparse.Namespace) -> None:
 
 
 def _cmd_lens(args: argparse.Namespace) -> None:
-    from actstore.query.similarity.on_store import lens_result
+    from actstore.query.similarity.nearest import lens_result
 
     with open_run(args) as (store, run):
         res = lens_result(store, run, args.rows, sites=args.sites, k=args.k, **_saving(args))

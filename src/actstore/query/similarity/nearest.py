@@ -3,19 +3,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from actstore.errors import ConfigError
+from actstore.query.results import AnalysisResult
+from actstore.query.similarity.on_store import _check_save, _finish, _rows_or_fail
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from actstore.query.store import Store
 
-__all__ = ["logit_lens", "nearest", "nearest_tokens", "top_tokens"]
+__all__ = [
+    "lens_result",
+    "logit_lens",
+    "nearest",
+    "nearest_result",
+    "nearest_tokens",
+    "query_vectors",
+    "top_tokens",
+]
 
 F32 = npt.NDArray[np.float32]
 Metric = Literal["cosine", "euclidean"]
@@ -179,3 +190,112 @@ def nearest(
     ids, scores = nearest_tokens(Q, store.matrix(run, matrix), k, metric=metric, start=start)
     names = queries or [str(i) for i in range(len(Q))]
     return top_tokens(store, run, ids, scores, names)
+
+
+# -- store-level analyses (saved with save=NAME, as the CLI's similarity nearest / lens) --
+
+
+def query_vectors(
+    store: Store,
+    run: str,
+    *,
+    tokens: Sequence[str] = (),
+    site: str | None = None,
+    rows: str | None = None,
+    matrix: str = "embed",
+) -> tuple[F32, list[str]]:
+    """Query vectors and their names: the ``site`` vectors of SQL ``rows``; else each
+    token's centroid at ``site``; else each token's ``matrix`` row (the mean of all
+    vocabulary entries that match it, see :meth:`Store.token_ids`).
+
+    Raises
+    ------
+    ConfigError
+        Neither tokens nor rows, ``rows`` without ``site``, or rows that select nothing.
+    TokenNotFoundError
+        A token is not in the vocabulary.
+    """
+    if rows:
+        if not site:
+            raise ConfigError("--rows needs --site (the site whose vectors are the queries)")
+        ids = _rows_or_fail(store, run, rows)
+        return store.vectors(run, site, ids, dtype=np.float32), [f"row {i}" for i in ids]
+    if not tokens:
+        raise ConfigError("give the queries with --token T (repeatable) or --site S --rows SQL")
+    if site:
+        V = [store.centroid(run, site, token=t) for t in tokens]
+    else:
+        M = store.matrix(run, matrix)
+        V = [M[store.token_ids(run, t)].mean(0) for t in tokens]
+    return np.stack(V).astype(np.float32), list(tokens)
+
+
+def nearest_result(
+    store: Store,
+    run: str,
+    *,
+    tokens: Sequence[str] = (),
+    site: str | None = None,
+    rows: str | None = None,
+    matrix: str = "embed",
+    start: str | None = None,
+    k: int = 10,
+    metric: Metric = "cosine",
+    save: str | None = None,
+    overwrite: bool = False,
+) -> AnalysisResult:
+    """Nearest vocabulary tokens of tokens, centroids or rows (see :func:`query_vectors`),
+    optionally relative to a start token ``v0`` (ranking ``matrix - v0``), saved."""
+    _check_save(store, save, overwrite)
+    from actstore.query.similarity.nearest import nearest
+
+    V, names = query_vectors(store, run, tokens=tokens, site=site, rows=rows, matrix=matrix)
+    v0 = None
+    if start:
+        v0 = store.matrix(run, matrix)[store.token_ids(run, start)].mean(0)
+    df = nearest(store, run, V, queries=names, matrix=matrix, k=k, metric=metric, start=v0)
+    meta = {
+        "analysis": "similarity.nearest",
+        "run": run,
+        "matrix": matrix,
+        "site": site,
+        "metric": metric,
+        "start": start,
+    }
+    return _finish(AnalysisResult(df, meta), store, save, overwrite)
+
+
+def lens_result(
+    store: Store,
+    run: str,
+    rows: str,
+    *,
+    sites: list[str] | None = None,
+    k: int = 5,
+    save: str | None = None,
+    overwrite: bool = False,
+) -> AnalysisResult:
+    """Logit lens: the top ``k`` tokens (with probabilities) of each selected row at each
+    site (default: every ``hidden.*``) through the run's stored head, saved."""
+    _check_save(store, save, overwrite)
+    import pandas as pd
+
+    from actstore.query.similarity.nearest import logit_lens, top_tokens
+
+    ids = _rows_or_fail(store, run, rows)
+    sites = sites or [s for s in store.sites(run) if s.startswith("hidden.")]
+    parts = []
+    for site in sites:
+        logits = logit_lens(store, run, site, ids)
+        if not 1 <= k <= logits.shape[1]:
+            raise ConfigError(f"k must be in 1..{logits.shape[1]}, got {k}")
+        z = logits - logits.max(1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        top = np.argsort(-logits, 1, kind="stable")[:, :k]
+        df = top_tokens(store, run, top, np.take_along_axis(p, top, 1), [str(i) for i in ids])
+        df.insert(0, "site", site)
+        parts.append(df.rename(columns={"query": "row", "score": "prob"}))
+    out = pd.concat(parts, ignore_index=True)
+    out["row"] = out["row"].astype(np.int64)
+    meta = {"analysis": "similarity.lens", "run": run, "rows": rows, "k": k}
+    return _finish(AnalysisResult(out, meta), store, save, overwrite)
