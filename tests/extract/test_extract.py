@@ -95,10 +95,12 @@ def test_stored_vectors_equal_direct_forward(
         assert x.shape[0] == len(tokens)
     assert rj["counts"]["rows"] == len(tokens)
     assert rj["counts"]["tokens"] == len(tokens)  # truncate mode: every fed token is stored
-    # docs: empty skipped, duplicate skipped
-    assert rj["counts"]["docs"] == 6
+    # every record is a doc; the empty one has no tokens, the repeated text is run once
+    assert rj["counts"]["docs"] == 8
+    assert rj["counts"]["texts"] == 6
     assert rj["counts"]["empty_docs"] == 1
     assert rj["counts"]["duplicate_docs"] == 1
+    assert tokens["doc_id"].nunique() == 6
     direct = direct_hidden_states(tiny_model_dirs[arch], tokens)
     for doc_id, unsorted in tokens.groupby("doc_id"):
         grp = unsorted.sort_values("pos")
@@ -138,7 +140,7 @@ def test_special_tokens_flagged_and_spans(minilm_dir: Path, corpus: Path, tmp_pa
     store = tmp_path / "s.acts"
     run(minilm_dir, corpus, store, sites="hidden.1")
     tokens = read_run(store)["tokens"]
-    docs = pq.read_table(store / "docs").to_pandas().set_index("doc_id")
+    docs = pq.read_table(store / "docs").to_pandas().drop_duplicates("doc_id").set_index("doc_id")
     vocab = pq.read_table(store / "runs/r/vocab.parquet").to_pandas()
     cls_id, sep_id = 101, 102
     for doc_id, unsorted in tokens.groupby("doc_id"):
@@ -227,7 +229,7 @@ def test_plain_tools_read_the_store(minilm_dir: Path, corpus: Path, tmp_path: Pa
     manifest = json.loads((store / "actstore.json").read_text())
     assert manifest["runs"]["r"]["n_rows"] == n_rows
     docs = duckdb.sql(f"SELECT count(*) FROM read_parquet('{store}/docs/*.parquet')").fetchall()
-    assert docs == [(6,)]
+    assert docs == [(len(SENTENCES),)]
 
 
 def test_head_matrices_for_causal_model(

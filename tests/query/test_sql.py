@@ -16,6 +16,7 @@ from actstore.errors import QueryError
 from actstore.store.arrays import Layout
 from actstore.store.manifest import create_store
 from actstore.store.part import PartWriter
+from actstore.store.synthetic import write_synthetic_run
 
 
 def tree_hash(path: Path) -> str:
@@ -32,8 +33,9 @@ def test_views(syn_store: Path) -> None:
         assert s.tables == ["docs", "tokens", "vocab", "runs", "sites"]
         counts = dict(s.sql("SELECT run, count(*) FROM tokens GROUP BY run").fetchall())
         assert counts == {"a": 180, "b": 100}
-        # both runs wrote the 20 docs: the docs view keeps one row per doc_id
+        # both runs wrote the 20 records: the docs view keeps one row per record
         assert s.sql("SELECT count(*), count(DISTINCT doc_id) FROM docs").fetchall() == [(20, 20)]
+        assert s.sql("SELECT record FROM docs").first_column().tolist() == list(range(20))
         runs = s.sql("SELECT * FROM runs ORDER BY run").df()
         assert runs.run.tolist() == ["a", "b"]
         assert runs.n_rows.tolist() == [180, 100]
@@ -142,7 +144,23 @@ def test_empty_store_has_typed_views(tmp_path: Path) -> None:
         for view in ("docs", "tokens", "vocab", "runs", "sites"):
             assert s.sql(f"SELECT * FROM {view}").fetchall() == []
         assert s.sql("SELECT row, token_id FROM tokens").types == ["BIGINT", "INTEGER"]
-        assert s.sql("SELECT text FROM docs").types == ["VARCHAR"]
+        docs = s.sql("SELECT record, doc_id, text, empty, repeat_of FROM docs")
+        assert docs.types == ["BIGINT", "BIGINT", "VARCHAR", "BOOLEAN", "BIGINT"]
+
+
+def test_docs_view_reads_files_from_before_records(tmp_path: Path) -> None:
+    """Docs files with ``doc_index`` (actstore 0.1) read with it as ``record``, next to new ones."""
+    store = tmp_path / "old.acts"
+    write_synthetic_run(store, "old", n_docs=3, tokens_per_doc=2, d=4)
+    write_synthetic_run(store, "new", n_docs=4, tokens_per_doc=2, d=4)
+    path = store / "docs/old.part-0000.parquet"
+    table = pq.read_table(path)
+    legacy = {"doc_id": table["doc_id"], "doc_index": table["record"], "text": table["text"]}
+    pq.write_table(pa.table(legacy), path)
+    with actstore.open(store) as s:
+        rows = s.sql("SELECT record, doc_id, text, empty, repeat_of FROM docs").fetchall()
+    # records 0..2 were read by both runs: one row each
+    assert rows == [(i, i, f"doc {i}", False, None) for i in range(4)]
 
 
 def test_pending_runs_are_invisible(syn_store: Path, tmp_path: Path) -> None:

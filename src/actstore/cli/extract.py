@@ -50,14 +50,18 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     else:
         c = result.counts
         extra = ", ".join(
-            f"{c[k]:,} {k.replace('_', ' ')}"
-            for k in ("empty_docs", "duplicate_docs", "truncated_docs")
+            f"{c[k]:,} {what}"
+            for k, what in (
+                ("empty_docs", "empty (no tokens)"),
+                ("duplicate_docs", "repeating an earlier text (its rows)"),
+                ("truncated_docs", "truncated"),
+            )
             if c.get(k)
         )
         print(
             f"{result.status}: run {result.run!r} in {result.store}: {result.rows:,} token rows "
-            f"from {c.get('docs', 0):,} docs"
-            + (f" (skipped/changed: {extra})" if extra else "")
+            f"from {c.get('texts', 0):,} distinct texts of {c.get('docs', 0):,} records"
+            + (f" ({extra})" if extra else "")
             + (f" in {result.seconds:.1f} s" if result.seconds else "")
         )
     return 0

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from actstore.extract._device import DeviceLoop
 from actstore.extract.batching import Pool
-from actstore.extract.corpus import Doc
+from actstore.store.docs import docs_table as store_docs_table
 from actstore.store.part import PartWriter, Progress
 
 __all__ = ["PipelineTimes", "docs_table", "run_pools"]
@@ -180,7 +180,7 @@ def run_pools(
                 loop.check_overflow(pool_counts)
                 checkpoint = {
                     "consumed": pool.consumed,
-                    "docs": docs_table(pool.docs),
+                    "docs": docs_table(pool),
                     "counts": pool_counts,
                     "timings": {"forward_s": time.perf_counter() - t0},
                     "centroids": loop.centroid_state(),
@@ -195,32 +195,13 @@ def run_pools(
     return PipelineTimes(tokenize_s=producer.seconds, write_s=writer.seconds)
 
 
-def docs_table(docs: list[Doc]) -> pa.Table:
-    """The docs of a pool as a table: doc_id, doc_index, text, then the corpus's columns."""
-    cols: dict[str, list[Any]] = {
-        "doc_id": [d.doc_id for d in docs],
-        "doc_index": [d.index for d in docs],
-        "text": [d.text for d in docs],
-    }
-    extra_keys: list[str] = []
-    for d in docs:
-        for key in d.extra:
-            if key not in cols and key not in extra_keys:
-                extra_keys.append(key)
-    for key in extra_keys:
-        cols[key] = [d.extra.get(key) for d in docs]
-    base = pa.table(
-        {
-            "doc_id": pa.array(cols.pop("doc_id"), pa.int64()),
-            "doc_index": pa.array(cols.pop("doc_index"), pa.int64()),
-            "text": pa.array(cols.pop("text"), pa.string()),
-        }
+def docs_table(pool: Pool) -> pa.Table:
+    """The docs rows of a pool: one per record, its fields as given (see ``store/docs.py``)."""
+    docs = pool.docs
+    return store_docs_table(
+        [d.index for d in docs],
+        [d.doc_id for d in docs],
+        [d.text for d in docs],
+        pool.repeat_of,
+        [d.extra for d in docs],
     )
-    for key, values in cols.items():
-        try:
-            base = base.append_column(key, pa.array(values))
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            base = base.append_column(
-                key, pa.array([None if v is None else str(v) for v in values], pa.string())
-            )
-    return base

@@ -22,7 +22,8 @@ from actstore.extract.corpus import Doc
 
 __all__ = ["Pool", "Pooler", "Segment", "special_affixes"]
 
-_TOKENIZE_DOCS = 64  # docs per tokenizer call: batched calls run in the Rust tokenizer
+_TOKENIZE_DOCS = 64  # records per tokenizer call: batched calls run in the Rust tokenizer
+_POOL_RECORDS = 65536  # a pool of repeated or empty records is cut here (its docs table)
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,18 @@ class Segment:
 
 @dataclass
 class Pool:
-    """A run of consecutive docs, ready as batches; the unit of checkpointing."""
+    """A run of consecutive records, ready as batches; the unit of checkpointing."""
 
     seq: int
     """Index of the pool in the job (0-based)."""
     consumed: int
     """Source records read once this pool is done (where a resumed job continues)."""
     batches: list[list[Segment]]
+    """The segments of the pool's new texts, length-sorted into batches."""
     docs: list[Doc]
+    """Every record of this shard in the pool, in corpus order (empty and repeated ones too)."""
+    repeat_of: list[int | None]
+    """For each of :attr:`docs`: the first record with the same non-empty text, or None."""
     counts: Counter[str] = field(default_factory=Counter)
 
 
@@ -200,16 +205,31 @@ class Pooler:
         return batches
 
     def pools(
-        self, docs: Iterable[Doc], *, start_seq: int, seen: set[int], shard: int, num_shards: int
+        self,
+        docs: Iterable[Doc],
+        *,
+        start_seq: int,
+        seen: dict[int, int],
+        shard: int,
+        num_shards: int,
     ) -> Iterator[Pool]:
-        """Pools from ``docs``, skipping empty docs, repeats, and other shards' docs.
+        """Pools of the records of shard ``shard``; each distinct non-empty text runs once.
 
-        ``seen`` holds the doc ids already stored (a resumed job passes those of its
-        earlier pools) and is updated in place.
+        Every record of the shard goes into a pool's :attr:`Pool.docs`; only the first
+        record of each text is tokenized (empty records and repeats are counted, and keep
+        their row in the docs table). Records go to shard ``doc_id % num_shards``, so all
+        records of one text are in one shard. ``seen`` maps the ``doc_id`` of every text
+        stored already to its first record (a resumed job passes those of its earlier
+        pools) and is updated in place.
+
+        Pool boundaries depend only on the records and the options: after every
+        ``_TOKENIZE_DOCS`` records of the shard the pending texts are tokenized, and the
+        pool is cut there once it holds ``pool_tokens`` tokens or ``_POOL_RECORDS`` records.
         """
         seq = start_seq
         segments: list[Segment] = []
         pool_docs: list[Doc] = []
+        repeat_of: list[int | None] = []
         counts: Counter[str] = Counter()
         pending: list[Doc] = []
         n_tokens = 0
@@ -240,23 +260,25 @@ class Pooler:
             consumed = doc.index + 1
             if doc.doc_id % num_shards != shard:
                 continue
+            first = seen.get(doc.doc_id) if doc.text else None
+            pool_docs.append(doc)
+            repeat_of.append(first)
             if not doc.text:
                 counts["empty_docs"] += 1
-                continue
-            if doc.doc_id in seen:
+            elif first is not None:
                 counts["duplicate_docs"] += 1
-                continue
-            seen.add(doc.doc_id)
-            pending.append(doc)
-            pool_docs.append(doc)
-            if len(pending) >= _TOKENIZE_DOCS:
+            else:
+                seen[doc.doc_id] = doc.index
+                counts["texts"] += 1
+                pending.append(doc)
+            if len(pool_docs) % _TOKENIZE_DOCS == 0:
                 flush_pending()
-                if n_tokens >= self.pool_tokens:
+                if n_tokens >= self.pool_tokens or len(pool_docs) >= _POOL_RECORDS:
                     counts["docs"] += len(pool_docs)
-                    yield Pool(seq, consumed, self.batches(segments), pool_docs, counts)
+                    yield Pool(seq, consumed, self.batches(segments), pool_docs, repeat_of, counts)
                     seq += 1
-                    segments, pool_docs, counts, n_tokens = [], [], Counter(), 0
+                    segments, pool_docs, repeat_of, counts, n_tokens = [], [], [], Counter(), 0
         flush_pending()
         counts["docs"] += len(pool_docs)
         if pool_docs or counts:
-            yield Pool(seq, consumed, self.batches(segments), pool_docs, counts)
+            yield Pool(seq, consumed, self.batches(segments), pool_docs, repeat_of, counts)

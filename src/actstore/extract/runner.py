@@ -28,7 +28,7 @@ from actstore.extract.batching import Pooler, Segment
 from actstore.extract.config import ExtractConfig
 from actstore.extract.corpus import Corpus, Doc, open_corpus
 from actstore.store.commit import commit_run, prepare_run
-from actstore.store.format import RunJSON
+from actstore.store.format import PROGRESS_VERSION, RunJSON
 from actstore.store.manifest import create_store
 from actstore.store.part import PartWriter, Progress, discard_part, load_progress, now_iso
 
@@ -77,7 +77,7 @@ def iter_batches(config: ExtractConfig, lm: Any, corpus: Corpus) -> Iterator[lis
     for pool in pooler.pools(
         _limited(corpus, config.limit_docs),
         start_seq=0,
-        seen=set(),
+        seen={},
         shard=config.shard,
         num_shards=config.num_shards,
     ):
@@ -168,6 +168,8 @@ def extract(config: ExtractConfig) -> ExtractResult:
     resume = load_progress(store, config.run, config.shard)
     if resume is not None and resume["complete"]:
         return _commit(config, resume, 0.0)
+    if resume is not None and resume["version"] != PROGRESS_VERSION:
+        resume = None  # staged by an older actstore (its docs lack records): start afresh
 
     capture = SiteCapture(lm, sites)
     dims = capture.probe()
@@ -180,7 +182,7 @@ def extract(config: ExtractConfig) -> ExtractResult:
     pools = pooler.pools(
         _limited(corpus, config.limit_docs, part.progress["consumed"]),
         start_seq=part.progress["pools"],
-        seen=part.doc_ids(),
+        seen=part.first_records(),
         shard=config.shard,
         num_shards=config.num_shards,
     )
@@ -288,9 +290,9 @@ def _progress_bar(config: ExtractConfig, corpus: Corpus, initial: int) -> Any:
 
 
 def _check_not_empty(config: ExtractConfig, part: PartWriter) -> None:
-    """Refuse to commit a part that stored no doc (and delete what it left)."""
+    """Refuse to commit a part that stored no token (and delete what it left)."""
     progress = part.progress
-    if progress["counts"].get("docs", 0) == 0 and progress["rows"] == 0:
+    if progress["rows"] == 0:
         discard_part(Path(config.store), config.run, config.shard)
         raise EmptyCorpusError(
             f"no document with text in {config.data}"

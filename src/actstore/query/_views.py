@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from actstore.store.docs import LEGACY_RECORD_COLUMN, split_legacy
 from actstore.store.reader import StoreReader
 
 if TYPE_CHECKING:
@@ -28,7 +29,8 @@ _EMPTY_VOCAB = (
     "NULL::VARCHAR AS piece, NULL::BOOLEAN AS special, NULL::BIGINT AS count WHERE false"
 )
 _EMPTY_DOCS = (
-    "SELECT NULL::BIGINT AS doc_id, NULL::BIGINT AS doc_index, NULL::VARCHAR AS text WHERE false"
+    "SELECT NULL::BIGINT AS record, NULL::BIGINT AS doc_id, NULL::VARCHAR AS text, "
+    "NULL::BOOLEAN AS empty, NULL::BIGINT AS repeat_of WHERE false"
 )
 
 
@@ -60,6 +62,21 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _docs_view(doc_files: list[list[Path]]) -> str:
+    """``docs`` over each run's files: one row per input record, even if several runs read it."""
+    new, old = split_legacy(f for run_files in doc_files for f in run_files)
+    reads = [f"SELECT * FROM read_parquet({_files(new)}, union_by_name = true)"] if new else []
+    if old:
+        reads.append(
+            f"SELECT * RENAME ({LEGACY_RECORD_COLUMN} AS record), text = '' AS empty, "
+            f"NULL::BIGINT AS repeat_of FROM read_parquet({_files(old)}, union_by_name = true)"
+        )
+    if not reads:
+        return _EMPTY_DOCS
+    distinct = "DISTINCT " if sum(map(bool, doc_files)) > 1 else ""
+    return f"SELECT {distinct}* FROM ({' UNION ALL BY NAME '.join(reads)}) ORDER BY record, doc_id"
+
+
 def create_views(
     con: duckdb.DuckDBPyConnection, reader: StoreReader
 ) -> tuple[list[str], dict[str, pa.Table], list[str]]:
@@ -83,7 +100,7 @@ def create_views(
             vocab_parts.append(
                 f"SELECT {_lit(name)} AS run, * FROM read_parquet({_file(run.vocab_file)})"
             )
-        doc_files += run.doc_files()
+        doc_files.append(run.doc_files())
         meta = run.meta
         entry = reader.manifest["runs"][name]
         runs_rows.append(
@@ -110,7 +127,7 @@ def create_views(
                     "describes": s.get("describes", ""),
                 }
             )
-    allowed += doc_files
+    allowed += [f for files in doc_files for f in files]
     con.execute(
         "CREATE VIEW tokens AS "
         + (" UNION ALL ".join(token_parts) if token_parts else _EMPTY_TOKENS)
@@ -119,14 +136,7 @@ def create_views(
         "CREATE VIEW vocab AS "
         + (" UNION ALL BY NAME ".join(vocab_parts) if vocab_parts else _EMPTY_VOCAB)
     )
-    docs = (
-        # the same doc is written by every run over it: keep one row per doc_id
-        f"SELECT DISTINCT ON (doc_id) * FROM read_parquet({_files(doc_files)}, "
-        "union_by_name = true) ORDER BY doc_id"
-        if doc_files
-        else _EMPTY_DOCS
-    )
-    con.execute("CREATE VIEW docs AS " + docs)
+    con.execute("CREATE VIEW docs AS " + _docs_view(doc_files))
     runs_schema = pa.schema(
         [
             ("run", pa.string()),

@@ -188,7 +188,10 @@ def last_token_rows(
 def _word_occurrences(
     run: RunReader, word: str, case: bool
 ) -> tuple[list[int], list[int], list[int]]:
-    """``(doc_ids, starts, ends)`` of every whole-word occurrence of ``word`` in run's docs."""
+    """``(doc_ids, starts, ends)`` of every whole-word occurrence of ``word`` in run's texts.
+
+    A text repeated by several records is searched once (its records share its rows).
+    """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -196,6 +199,7 @@ def _word_occurrences(
     docs: list[int] = []
     starts: list[int] = []
     ends: list[int] = []
+    searched: set[int] = set()
     for path in run.doc_files():
         f = pq.ParquetFile(path)
         for batch in f.iter_batches(columns=["doc_id", "text"], batch_size=8192):
@@ -205,6 +209,9 @@ def _word_occurrences(
             for doc_id, t in zip(
                 picked.column(0).to_pylist(), picked.column(1).to_pylist(), strict=True
             ):
+                if doc_id in searched:
+                    continue
+                searched.add(doc_id)
                 for m in pattern.finditer(t):
                     docs.append(doc_id)
                     starts.append(m.start())

@@ -23,6 +23,7 @@ from zarr.storage import LocalStore
 
 from actstore.errors import ConfigError, RunExistsError, RunNotFoundError, StoreError
 from actstore.store._faults import crash_point
+from actstore.store.docs import write_docs
 from actstore.store.format import (
     ARRAYS_DIR,
     CENTROIDS_DIR,
@@ -35,7 +36,6 @@ from actstore.store.format import (
     PartMetaJSON,
     ProgressJSON,
     RunJSON,
-    docs_file_name,
     part_dir,
     run_dir,
     run_json_path,
@@ -162,7 +162,7 @@ def commit_run(store: Path, run: str, num_parts: int) -> RunJSON | None:
         counts = _write_tokens(store, run, progresses, offsets, vocab_size)
         crash_point()
         _write_vocab(store, run, counts)
-        n_docs = _write_docs(store, run, progresses)
+        n_docs = write_docs(store, run, progresses)  # records of the run
         crash_point()
         centroid_sites = _write_centroids(store, run, progresses, meta, vocab_size)
         zarr.open_group(store=LocalStore(rdir / ARRAYS_DIR), mode="a")
@@ -265,25 +265,6 @@ def _write_vocab(store: Path, run: str, counts: Any) -> None:
     n = strings.num_rows
     table = strings.append_column("count", pa.array(counts[:n], pa.int64()))
     pq.write_table(table, rdir / VOCAB_NAME, compression="zstd")
-
-
-def _write_docs(store: Path, run: str, progresses: list[ProgressJSON]) -> int:
-    out = store / DOCS_DIR
-    out.mkdir(exist_ok=True)
-    n_docs = 0
-    for k, prog in enumerate(progresses):
-        tables = [pq.read_table(part_dir(store, run, k) / f) for f in prog["doc_files"]]
-        if not tables:
-            continue
-        table = pa.concat_tables(tables, promote_options="permissive")
-        n_docs += table.num_rows
-        pq.write_table(
-            table,
-            out / docs_file_name(run, k),
-            row_group_size=64 * 1024,
-            compression="zstd",
-        )
-    return n_docs
 
 
 def _write_centroids(

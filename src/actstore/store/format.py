@@ -77,7 +77,8 @@ PARTS_DIR = "parts"
 # -- names in runs/<run>/parts/part-KKKK/ (staging of an unfinished part)
 PART_META_NAME = "meta.json"
 PROGRESS_NAME = "progress.json"
-PROGRESS_VERSION = 1
+#: 2: staged docs files hold every record (``record``, ``empty``, ``repeat_of``).
+PROGRESS_VERSION = 2
 VOCAB_STRINGS_NAME = "vocab_strings.parquet"
 
 StorageDType = Literal["float32", "float16", "bfloat16"]
@@ -98,8 +99,15 @@ TOKENS_COLUMNS: dict[str, str] = {
     "end": "int32",
     "special": "bool",
 }
-#: Columns every ``docs/*.parquet`` file has; corpus columns follow them as given.
-DOCS_SCHEMA_BASE: dict[str, str] = {"doc_id": "int64", "doc_index": "int64", "text": "string"}
+#: Columns every ``docs/*.parquet`` file has, one row per input record; the corpus's other
+#: fields follow them as given (see ``store/docs.py``).
+DOCS_SCHEMA_BASE: dict[str, str] = {
+    "record": "int64",
+    "doc_id": "int64",
+    "text": "string",
+    "empty": "bool",
+    "repeat_of": "int64",
+}
 
 
 class ManifestRunJSON(TypedDict):

@@ -7,6 +7,7 @@ from typing import Any, cast
 
 import pyarrow.parquet as pq
 
+from actstore.store.docs import LEGACY_RECORD_COLUMN, has_records
 from actstore.store.format import (
     DOCS_DIR,
     FORMAT_VERSION,
@@ -67,16 +68,19 @@ def store_info(store: str | Path) -> dict[str, Any]:
         if rdir.name not in manifest["runs"] and staging_dir(store, rdir.name).is_dir()
     ]
     docs_dir = store / DOCS_DIR
-    doc_ids: set[int] = set()
+    records: set[tuple[int, int]] = set()  # a record read by several runs counts once
     for f in sorted(docs_dir.glob("*.parquet")) if docs_dir.is_dir() else []:
         run = f.name.split(".part-")[0]
         if run in manifest["runs"]:
-            doc_ids.update(pq.read_table(f, columns=["doc_id"]).column(0).to_pylist())
+            number = "record" if has_records(f) else LEGACY_RECORD_COLUMN
+            table = pq.read_table(f, columns=[number, "doc_id"])
+            cols = [c.to_pylist() for c in table.columns]
+            records.update(zip(*cols, strict=True))
     return {
         "store": str(store),
         "format_version": manifest["version"],
         "reader_version": FORMAT_VERSION,
-        "docs": len(doc_ids),
+        "docs": len(records),
         "bytes": _bytes(store),
         "runs": runs,
         "pending": pending,

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from actstore.store._faults import crash_point
 from actstore.store.arrays import Layout, RowArrayWriter, write_matrix
+from actstore.store.docs import first_records
 from actstore.store.format import (
     ARRAYS_DIR,
     CENTROIDS_DIR,
@@ -221,12 +222,9 @@ class PartWriter:
         for name, x in matrices.items():
             write_matrix(self.arrays_root, name, x)
 
-    def doc_ids(self) -> set[int]:
-        """``doc_id`` of every doc in the checkpointed doc files (the docs already stored)."""
-        seen: set[int] = set()
-        for name in self.progress["doc_files"]:
-            seen.update(pq.read_table(self.dir / name, columns=["doc_id"]).column(0).to_pylist())
-        return seen
+    def first_records(self) -> dict[int, int]:
+        """``doc_id`` -> first record of every text in the checkpointed doc files."""
+        return first_records(self.dir / name for name in self.progress["doc_files"])
 
     def saved_centroids(self) -> dict[str, npt.NDArray[Any]] | None:
         """The centroid state of the last checkpoint (as given to :meth:`checkpoint`), or None."""

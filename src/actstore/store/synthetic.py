@@ -17,6 +17,7 @@ import pyarrow as pa
 from actstore.errors import StoreError
 from actstore.store.arrays import Layout
 from actstore.store.commit import commit_run
+from actstore.store.docs import docs_table
 from actstore.store.dtypes import to_physical
 from actstore.store.format import PartMetaJSON, RunJSON, StorageDType
 from actstore.store.manifest import create_store
@@ -102,15 +103,13 @@ def write_synthetic_run(
                 "special": np.zeros(n, bool),
             }
             part.add_batch(arrays, tokens)
-            docs_table = pa.table(
-                {
-                    "doc_id": pa.array(pool, pa.int64()),
-                    "doc_index": pa.array(pool, pa.int64()),
-                    "text": pa.array([f"doc {i}" for i in pool], pa.string()),
-                }
-            )
+            ids = [int(i) for i in pool]
+            texts = [f"doc {i}" for i in ids]
             part.checkpoint(
-                consumed=int(pool[-1]) + 1, docs=docs_table, counts={"docs": len(pool)}, timings={}
+                consumed=int(pool[-1]) + 1,
+                docs=docs_table(ids, ids, texts, [None] * len(ids), [{}] * len(ids)),
+                counts={"docs": len(pool)},
+                timings={},
             )
         part.finish()
     result = commit_run(store, run, num_parts)

@@ -53,7 +53,9 @@ def atom_top_rows(
         "substr(d.text, t.start + 1, t.\"end\" - t.start) || ']]' || "
         'substr(d.text, t."end" + 1, ?) AS context '
         f"FROM ({q_codes}) c JOIN tokens t ON t.run = ? AND t.row = c.row "
-        "JOIN docs d ON d.doc_id = t.doc_id ORDER BY abs(c.value) DESC"
+        # one row per text: records that repeat a text share its token rows
+        "JOIN (SELECT DISTINCT doc_id, text FROM docs) d ON d.doc_id = t.doc_id "
+        "ORDER BY abs(c.value) DESC"
     )
     return store.sql(q, [context, context, context, atom, n, run]).df()
 
