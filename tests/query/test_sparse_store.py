@@ -319,3 +319,11 @@ def test_errors(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
         )
     with pytest.raises(CLIFailed, match="no result 'nope'"):
         _cli(["sparse", "atoms", str(store), "nope"])
+
+
+def test_site_rows_default_to_non_special_tokens(store: Path) -> None:
+    """As similarity and mapping do: without rows, a site's special tokens are left out."""
+    res = encode_store(store, "minilm", "hidden.6", name="ns", k=2, overwrite=True)
+    with Store(store) as s:
+        want = s.rows("minilm", "SELECT row FROM tokens WHERE NOT special ORDER BY row")
+    assert res.rows.tolist() == want.tolist()

@@ -131,7 +131,12 @@ def _common(p: argparse.ArgumentParser, *, source: bool = True) -> None:
             default="embed",
             help="embed, unembed, or a site such as hidden.6 (default: embed)",
         )
-        p.add_argument("--rows", default=None, help="SQL selecting rows (or token ids)")
+        p.add_argument(
+            "--rows",
+            default=None,
+            help="SQL selecting rows of a site (default: the non-special tokens) or token ids "
+            "of embed/unembed (default: all)",
+        )
         p.add_argument("--name", required=True, help="result name (also the SQL view name)")
         p.add_argument(
             "--window", type=int, default=None, help="rows of the dead-atom window (default: all)"

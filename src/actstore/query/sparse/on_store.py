@@ -68,6 +68,8 @@ def _source(
         if len(ids) == 0:
             raise ConfigError(f"the selection of {source!r} holds no rows; select at least one")
         return ArraySource(M[ids]), ids, "token_id"
+    if rows is None:  # as every analysis of a site: the non-special tokens
+        rows = np.flatnonzero(~s.token_columns(run, "special")["special"]).astype(np.int64)
     src = StoreSource(s, run, source, rows)
     return src, src.rows, "row"
 
@@ -166,7 +168,8 @@ def encode_store(
         ``embed``/``unembed`` of ``run`` or the name of a saved sparse result.
     method, k, lam
         OMP with ``k`` non-zeros or Lasso with λ = ``lam``.
-    rows : SQL string, row/token ids, or None (all)
+    rows : SQL string, row/token ids, or None (every vocabulary row of embed/unembed; the
+        non-special tokens of a site, as in the other analyses)
     exclude_self : bool
         Never use the row's own token as an atom (vocabulary dictionaries only).
     weights : "count" or None
