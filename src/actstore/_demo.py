@@ -131,4 +131,13 @@ def run_demo(
             f"mean-centering (anisotropy); histogram: {png}"
         )
         figures["pairwise_mean"] = {k: v.mean for k, v in stats.items()}
+    print(
+        "\n== next: try\n"
+        f"  actstore similarity anisotropy {store} --plot anisotropy.png\n"
+        f"  actstore similarity centroids {store} --site all --token dog --token cat "
+        "--plot centroids.png\n"
+        f"  actstore map fit {store} --x embed --y hidden.6 --name embed_to_h6\n"
+        f'  actstore sql {store} "SELECT token, count FROM vocab ORDER BY count DESC LIMIT 10"\n'
+        "  (what each printed field means: docs/outputs.md)"
+    )
     return figures

@@ -42,13 +42,19 @@ def plot_histograms(stats: dict[str, PairwiseStats], path: str | Path, title: st
     """Pairwise-cosine histograms (e.g. raw vs centered) overlaid, as densities."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
+    lo, hi = 1.0, -1.0
     for name, s in stats.items():
         edges = np.asarray(s.edges)
         dens = np.asarray(s.counts, np.float64) / max(s.n_pairs, 1) / np.diff(edges)
         ax.stairs(dens, edges, label=f"{name} (mean {s.mean:.3f})", fill=False)
+        lo, hi = min(lo, s.min), max(hi, s.max)
+    if hi > lo:  # the data's range, not [-1, 1]
+        pad = 0.03 * (hi - lo)
+        ax.set_xlim(max(-1.0, lo - pad), min(1.0, hi + pad))
     ax.set_xlabel("cosine")
     ax.set_ylabel("density")
-    ax.set_title(title or "pairwise cosine")
+    n_pairs = max((s.n_pairs for s in stats.values()), default=0)
+    ax.set_title(f"{title or 'pairwise cosine'} ({n_pairs:,} pairs)")
     ax.legend()
     return _save(fig, path)
 
