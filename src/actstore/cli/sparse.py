@@ -63,37 +63,29 @@ def _cmd_learn(args: argparse.Namespace) -> None:
     from actstore.query.sparse.dictlearn import DictLearnConfig
     from actstore.query.sparse.on_store import learn_store
 
-    run = run_name(args)
-    cfg = DictLearnConfig(**dataclass_values(args, DictLearnConfig))
-    res = learn_store(
-        args.store,
-        run,
-        args.source,
-        cfg,
-        name=args.name,
-        rows=args.rows,
-        init=args.init,
-        window=args.window,
-        overwrite=args.overwrite,
-    )
-    _report(args, res)
+    _learned(args, learn_store, DictLearnConfig(**dataclass_values(args, DictLearnConfig)))
 
 
 def _cmd_sae(args: argparse.Namespace) -> None:
     from actstore.query.sparse.on_store import sae_store
     from actstore.query.sparse.sae import SAEConfig
 
-    run = run_name(args)
-    cfg = SAEConfig(**dataclass_values(args, SAEConfig))
-    res = sae_store(
+    _learned(args, sae_store, SAEConfig(**dataclass_values(args, SAEConfig)))
+
+
+def _learned(args: argparse.Namespace, learn: Any, cfg: Any) -> None:
+    """Run a learner (dictionary or SAE) with its config and the shared options; print."""
+    extra = {"init": args.init} if hasattr(args, "init") else {}
+    res = learn(
         args.store,
-        run,
+        run_name(args),
         args.source,
         cfg,
         name=args.name,
         rows=args.rows,
         window=args.window,
         overwrite=args.overwrite,
+        **extra,
     )
     _report(args, res)
 
