@@ -296,7 +296,7 @@ def test_float16_overflow_is_reported_never_inf(
         FloatOverflowError, match=r"hidden\.0 has values beyond the float16 range \(max"
     ):
         run(huge_model, corpus, store, sites="hidden.0", dtype="float16")
-    assert json.loads((store / "actstore.json").read_text())["runs"] == {}
+    assert not store.exists()  # created by the failed job, which left nothing durable
     res = run(
         huge_model,
         corpus,

@@ -33,9 +33,13 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         f.name: getattr(args, f.name) for f in dataclasses.fields(ExtractConfig) if f.name != "run"
     }
     values["run"] = args.run or _default_run_name(args.model)
+    from actstore.extract.progress import ProgressBar
     from actstore.extract.runner import extract
 
-    result = extract(ExtractConfig(**values))
+    config = ExtractConfig(**values)
+    shard = f" [{config.shard}/{config.num_shards}]" if config.num_shards > 1 else ""
+    with ProgressBar(f"extract {config.run}{shard}", disable=config.quiet) as bar:
+        result = extract(config, progress=bar)
     summary = {
         "store": str(result.store),
         "run": result.run,

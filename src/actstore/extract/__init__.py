@@ -8,6 +8,16 @@ from __future__ import annotations
 
 from actstore.extract.config import ExtractConfig
 from actstore.extract.corpus import Corpus, Doc, open_corpus
+from actstore.extract.progress import ExtractProgress, ProgressBar
 from actstore.extract.runner import ExtractResult, extract
 
-__all__ = ["Corpus", "Doc", "ExtractConfig", "ExtractResult", "extract", "open_corpus"]
+__all__ = [
+    "Corpus",
+    "Doc",
+    "ExtractConfig",
+    "ExtractProgress",
+    "ExtractResult",
+    "ProgressBar",
+    "extract",
+    "open_corpus",
+]

@@ -3,8 +3,9 @@
 :func:`run_pools` runs every pool through the model. A background thread reads and
 tokenizes pools a bounded queue ahead; the calling thread runs each batch on the device
 (:class:`~actstore.extract._device.DeviceLoop`); a writer thread appends the batches to
-the part and checkpoints it at the end of every pool, so the device never waits for the
-disk. An error in any thread stops the others and is raised in the caller.
+the part and checkpoints it (at the end of every pool, and inside a pool every
+``checkpoint_seconds``), so the device never waits for the disk. An error in any thread
+stops the others and is raised in the caller.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ import pyarrow as pa
 
 from actstore.extract._device import DeviceLoop
 from actstore.extract.batching import Pool
+from actstore.extract.progress import ExtractProgress
 from actstore.store.docs import docs_table as store_docs_table
 from actstore.store.part import PartWriter, Progress
 
@@ -33,12 +35,16 @@ _QUEUE_BATCHES = 4  # batches in flight between the device and the writer thread
 
 @dataclass(frozen=True)
 class PipelineTimes:
-    """Seconds the background threads were busy."""
+    """Seconds of this job not yet recorded by a checkpoint (the final one adds them)."""
 
     tokenize_s: float
     """Reading and tokenizing pools."""
     write_s: float
     """Appending batches and checkpointing."""
+    forward_s: float
+    """Running batches through the model."""
+    since: float
+    """``time.perf_counter()`` of the last checkpoint (wall time after it is unrecorded)."""
 
 
 class _Producer(threading.Thread):
@@ -81,7 +87,7 @@ class _Producer(threading.Thread):
 
 
 class _Writer(threading.Thread):
-    """Appends batches to the part and checkpoints at pool ends, off the main thread."""
+    """Appends batches to the part and checkpoints it, off the main thread."""
 
     def __init__(self, part: PartWriter, sites: list[str]) -> None:
         super().__init__(daemon=True, name="actstore-write")
@@ -139,60 +145,154 @@ def _as_numpy(t: Any) -> Any:
     return a.view(np.uint16) if a.dtype == np.int16 else a
 
 
+class _Clock:
+    """The job's seconds since its last checkpoint, by kind (what the next one records).
+
+    Every checkpoint adds these to the part's totals, so across a killed and resumed job
+    the totals count the work that made it into the store: ``wall_s`` from each job's
+    start to its last checkpoint, and the forward, tokenize and write seconds inside it.
+    """
+
+    def __init__(self, start: float, producer: _Producer, writer: _Writer) -> None:
+        self.producer, self.writer = producer, writer
+        self.since = start
+        self.forward_s = 0.0
+        self.tokenize_mark = 0.0
+        self.write_mark = 0.0
+
+    def take(self) -> dict[str, float]:
+        now = time.perf_counter()
+        tok, wr = self.producer.seconds, self.writer.seconds
+        out = {
+            "wall_s": now - self.since,
+            "forward_s": self.forward_s,
+            "tokenize_s": tok - self.tokenize_mark,
+            "write_s": wr - self.write_mark,
+        }
+        self.since, self.forward_s, self.tokenize_mark, self.write_mark = now, 0.0, tok, wr
+        return out
+
+    def rest(self) -> PipelineTimes:
+        return PipelineTimes(
+            tokenize_s=self.producer.seconds - self.tokenize_mark,
+            write_s=self.writer.seconds - self.write_mark,
+            forward_s=self.forward_s,
+            since=self.since,
+        )
+
+
 def run_pools(
-    pools: Iterator[Pool], part: PartWriter, loop: DeviceLoop, capture: Any, bar: Any
+    pools: Iterator[Pool],
+    part: PartWriter,
+    loop: DeviceLoop,
+    capture: Any,
+    *,
+    started: float,
+    checkpoint_seconds: float,
+    total_records: int | None = None,
+    progress: Callable[[ExtractProgress], None] | None = None,
 ) -> PipelineTimes:
     """Run every pool of ``pools`` through the model and write it to ``part``.
+
+    The part is checkpointed at the end of every pool, and inside a pool once
+    ``checkpoint_seconds`` passed since the last checkpoint. A part checkpointed inside a
+    pool (``progress["batches"]`` > 0) skips that many batches of its first pool, which
+    it replays from the pool's start.
 
     Parameters
     ----------
     pools : iterator of Pool
         Consumed in a background thread.
     part : PartWriter
-        Receives every batch and one checkpoint per pool (from the writer thread).
+        Receives every batch and the checkpoints (from the writer thread).
     loop : DeviceLoop
         Runs one batch on the device.
     capture : SiteCapture
         Its hooks are installed while pools run.
-    bar : tqdm
-        Progress in source records; updated after every pool.
+    started : float
+        ``time.perf_counter()`` when the job started (its first checkpoint's wall time
+        counts from there).
+    checkpoint_seconds : float
+        Seconds of work between checkpoints inside a pool (0: after every batch).
+    total_records : int or None
+        Records the job reads in all, for ``progress``.
+    progress : callable or None
+        Called with an :class:`ExtractProgress` once before the first batch and after
+        every batch.
 
     Returns
     -------
     PipelineTimes
+        What the last checkpoint did not record yet.
     """
     producer = _Producer(pools)
     writer = _Writer(part, loop.sites)
+    clock = _Clock(started, producer, writer)
+    skip = part.progress.get("batches", 0)
+    records = float(part.progress["consumed"])  # where the current pool starts
+    rows = durable = part.progress["rows"]  # queued to the writer / checkpointed
+    tokens = 0
+    t_loop = time.perf_counter()
+
+    def report(at: float) -> None:
+        if progress is not None:
+            elapsed = time.perf_counter() - t_loop
+            progress(ExtractProgress(at, total_records, tokens, rows, durable, elapsed))
+
     producer.start()
     writer.start()
-    tokens_done = 0
-    t_loop = time.perf_counter()
+    report(records)
     try:
         with capture:
             for pool in producer:
-                pool_counts = Counter(pool.counts)
-                t0 = time.perf_counter()
-                for batch in pool.batches:
-                    writer.put(("batch", loop.run_batch(batch, pool_counts)))
-                    tokens_done += sum(len(s.ids) for s in batch)
-                    rate = tokens_done / max(1e-9, time.perf_counter() - t_loop)
-                    bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
-                loop.check_overflow(pool_counts)
+                counts: Counter[str] = Counter()  # of the batches since the last checkpoint
+                pool_tokens = sum(len(sg.ids) for b in pool.batches for sg in b) or 1
+                done_tokens = sum(len(sg.ids) for b in pool.batches[:skip] for sg in b)
+                span = pool.consumed - records
+                last = time.perf_counter()
+                for i in range(skip, len(pool.batches)):
+                    t0 = time.perf_counter()
+                    batch = pool.batches[i]
+                    writer.put(("batch", loop.run_batch(batch, counts)))
+                    n = sum(len(sg.ids) for sg in batch)
+                    tokens += n
+                    done_tokens += n
+                    rows += sum(sg.n_keep for sg in batch)
+                    now = time.perf_counter()
+                    clock.forward_s += now - t0
+                    if now - last >= checkpoint_seconds and i + 1 < len(pool.batches):
+                        loop.check_overflow(counts)  # no durable row may hide an overflow
+                        durable = rows
+                        checkpoint = {
+                            "consumed": part.progress["consumed"],
+                            "counts": counts,
+                            "timings": clock.take(),
+                            "centroids": loop.centroid_state(),
+                            "batches": i + 1,
+                        }
+                        writer.put(("checkpoint", checkpoint))
+                        counts, last = Counter(), time.perf_counter()
+                    report(records + span * done_tokens / pool_tokens)
+                skip = 0
+                loop.check_overflow(counts)
+                counts.update(pool.counts)
+                durable = rows
                 checkpoint = {
                     "consumed": pool.consumed,
                     "docs": docs_table(pool),
-                    "counts": pool_counts,
-                    "timings": {"forward_s": time.perf_counter() - t0},
+                    "counts": counts,
+                    "timings": clock.take(),
                     "centroids": loop.centroid_state(),
                 }
                 writer.put(("checkpoint", checkpoint))
-                bar.update(pool.consumed - bar.n)
+                records = float(pool.consumed)
+                report(records)
         writer.finish()
     except BaseException:
         producer.stop.set()
         writer.abandon()
         raise
-    return PipelineTimes(tokenize_s=producer.seconds, write_s=writer.seconds)
+    return clock.rest()
 
 
 def docs_table(pool: Pool) -> pa.Table:

@@ -15,7 +15,22 @@ __all__ = ["IDENTITY_EXCLUDED", "ExtractConfig", "check_run_name"]
 
 
 #: Fields that do not change what is stored, so a job may resume with other values.
-IDENTITY_EXCLUDED = frozenset({"store", "shard", "overwrite", "quiet", "device"})
+#: ``data``, ``data_format`` and ``text_field`` are replaced by the resolved corpus (its
+#: absolute path, format, text field, size and mtime), so that a relative and an absolute
+#: path to one file, or a flag left at its default, are the same run.
+IDENTITY_EXCLUDED = frozenset(
+    {
+        "store",
+        "shard",
+        "overwrite",
+        "quiet",
+        "device",
+        "checkpoint_seconds",
+        "data",
+        "data_format",
+        "text_field",
+    }
+)
 
 
 def check_run_name(name: str) -> str:
@@ -64,7 +79,7 @@ class ExtractConfig:
     batch_tokens: int = 16384
     """Token budget of one forward batch (batch size x padded length)."""
     pool_batches: int = 32
-    """Batches per length-sorted pool; also the checkpoint interval."""
+    """Batches per length-sorted pool (every pool end is also a checkpoint)."""
     pad_tolerance: float = 0.05
     """A batch also ends where the next sequence is this fraction shorter than the batch's
     longest, which keeps padding below about this fraction of the tokens."""
@@ -96,6 +111,9 @@ class ExtractConfig:
     """Allow model code from the model folder (only for models you trust)."""
     overwrite: bool = False
     """Replace an existing run of the same name made with other arguments."""
+    checkpoint_seconds: float = 30.0
+    """Also checkpoint inside a pool after this many seconds of work (0: after every
+    batch), so a killed job loses at most about this much; the stored run is the same."""
     quiet: bool = False
     """No progress bar."""
 
@@ -112,6 +130,8 @@ class ExtractConfig:
             raise ConfigError(f"pad_tolerance must be in [0, 1), got {self.pad_tolerance}")
         if self.window_overlap < 0:
             raise ConfigError(f"window_overlap must be >= 0, got {self.window_overlap}")
+        if not self.checkpoint_seconds >= 0:  # also refuses NaN
+            raise ConfigError(f"checkpoint_seconds must be >= 0, got {self.checkpoint_seconds}")
         if self.limit_docs is not None and self.limit_docs < 1:
             raise ConfigError(f"limit_docs must be >= 1, got {self.limit_docs}")
         if self.num_shards < 1 or not 0 <= self.shard < self.num_shards:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -21,15 +22,16 @@ from typing import Any
 
 import pyarrow as pa
 
-from actstore.errors import EmptyCorpusError
+from actstore.errors import ActstoreError, EmptyCorpusError
 from actstore.extract._device import DeviceLoop
 from actstore.extract._pipeline import run_pools
 from actstore.extract.batching import Pooler, Segment
 from actstore.extract.config import ExtractConfig
 from actstore.extract.corpus import Corpus, Doc, open_corpus
+from actstore.extract.progress import ExtractProgress, ProgressBar
 from actstore.store.commit import commit_run, prepare_run
-from actstore.store.format import PROGRESS_VERSION, RunJSON
-from actstore.store.manifest import create_store
+from actstore.store.format import MANIFEST_NAME, PROGRESS_VERSION, RUNS_DIR, RunJSON
+from actstore.store.manifest import create_store, read_manifest
 from actstore.store.part import PartWriter, Progress, discard_part, load_progress, now_iso
 
 __all__ = ["ExtractResult", "extract", "iter_batches"]
@@ -126,8 +128,18 @@ def _vocab_strings(lm: Any, vocab_size: int) -> pa.Table:
     )
 
 
-def extract(config: ExtractConfig) -> ExtractResult:
+def extract(
+    config: ExtractConfig, progress: Callable[[ExtractProgress], None] | None = None
+) -> ExtractResult:
     """Run one extraction part described by ``config`` and commit the run when complete.
+
+    Parameters
+    ----------
+    config : ExtractConfig
+    progress : callable or None
+        Called with an :class:`~actstore.extract.progress.ExtractProgress` before the
+        first batch and after every batch. None: a tqdm bar on stderr (none with
+        ``config.quiet``).
 
     Returns
     -------
@@ -137,8 +149,23 @@ def extract(config: ExtractConfig) -> ExtractResult:
     ------
     ActstoreError
         For every bad input (corpus, model, sites, store, options); nothing committed
-        before is changed.
+        before is changed. A store folder this call created is removed again when the
+        job fails before anything in it is durable.
     """
+    store = Path(config.store)
+    new_store = not store.exists()
+    try:
+        if progress is None:
+            with ProgressBar(_bar_label(config), disable=config.quiet) as bar:
+                return _extract(config, bar)
+        return _extract(config, progress)
+    except BaseException:
+        if new_store:
+            _remove_unused_store(store)
+        raise
+
+
+def _extract(config: ExtractConfig, progress: Callable[[ExtractProgress], None]) -> ExtractResult:
     t_start = time.perf_counter()
     store = Path(config.store)
     corpus = _open_corpus(config)
@@ -188,10 +215,18 @@ def extract(config: ExtractConfig) -> ExtractResult:
     )
     _return_freed_memory_to_os()
     try:
-        with _progress_bar(config, corpus, part.progress["consumed"]) as bar:
-            times = run_pools(pools, part, loop, capture, bar)
+        rest = run_pools(
+            pools,
+            part,
+            loop,
+            capture,
+            started=t_start,
+            checkpoint_seconds=config.checkpoint_seconds,
+            total_records=_total_records(config, corpus),
+            progress=progress,
+        )
     except BaseException:
-        if resume is None and part.progress["pools"] == 0:
+        if resume is None and part.progress["pools"] == 0 and not part.progress.get("batches"):
             discard_part(store, config.run, config.shard)  # nothing durable to resume
         raise
     _check_not_empty(config, part)
@@ -199,14 +234,26 @@ def extract(config: ExtractConfig) -> ExtractResult:
         consumed=part.progress["consumed"],
         counts={},
         timings={
-            "wall_s": time.perf_counter() - t_start,
-            "tokenize_s": times.tokenize_s,
-            "write_s": times.write_s,
+            "wall_s": time.perf_counter() - rest.since,
+            "forward_s": rest.forward_s,
+            "tokenize_s": rest.tokenize_s,
+            "write_s": rest.write_s,
         },
         centroids=loop.centroid_state(),
         complete=True,
     )
     return _commit(config, part.progress, time.perf_counter() - t_start)
+
+
+def _remove_unused_store(store: Path) -> None:
+    """Delete a store folder holding nothing durable (no run, committed or staged)."""
+    with contextlib.suppress(OSError, ActstoreError):
+        if not (store / MANIFEST_NAME).is_file() or read_manifest(store)["runs"]:
+            return
+        runs = store / RUNS_DIR
+        if runs.is_dir() and any(runs.iterdir()):
+            return
+        shutil.rmtree(store)
 
 
 def _open_corpus(config: ExtractConfig) -> Corpus:
@@ -272,21 +319,17 @@ def _start_part(
     return part
 
 
-def _progress_bar(config: ExtractConfig, corpus: Corpus, initial: int) -> Any:
-    from tqdm.auto import tqdm
-
+def _total_records(config: ExtractConfig, corpus: Corpus) -> int | None:
     total = corpus.count()
     if total is not None and config.limit_docs is not None:
         total = min(total, config.limit_docs)
-    return tqdm(
-        total=total,
-        initial=initial,
-        unit="doc",
-        disable=config.quiet,
-        dynamic_ncols=True,
-        desc=f"extract {config.run}"
-        + (f" [{config.shard}/{config.num_shards}]" if config.num_shards > 1 else ""),
-    )
+    return total
+
+
+def _bar_label(config: ExtractConfig) -> str:
+    """The progress bar's label: the run, and the shard of a sharded run."""
+    shard = f" [{config.shard}/{config.num_shards}]" if config.num_shards > 1 else ""
+    return f"extract {config.run}{shard}"
 
 
 def _check_not_empty(config: ExtractConfig, part: PartWriter) -> None:

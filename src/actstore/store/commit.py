@@ -86,12 +86,28 @@ def prepare_run(
 
 
 def _differs(run: str, old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
-    shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys[:3])
+    def flat(d: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update({f"{k}.{sub}": x for sub, x in v.items()})
+            else:
+                out[k] = v
+        return out
+
+    a, b = flat(old), flat(new)
+    keys = sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
+    shown = ", ".join(f"{k} {_short(a.get(k))} != {_short(b.get(k))}" for k in keys[:4])
+    more = f" (and {len(keys) - 4} more)" if len(keys) > 4 else ""
     return (
-        f"run {run!r} exists with other arguments ({shown}); "
-        "pick another --run name, or pass --overwrite to replace it"
+        f"run {run!r} exists with other arguments: {shown}{more}; "
+        "pass --overwrite to replace it or pick another --run"
     )
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def drop_run(store: Path, run: str) -> None:

@@ -197,7 +197,11 @@ class ProgressJSON(TypedDict):
 
     version: int
     pools: int
+    """Pools complete."""
     consumed: int
+    """Source records read by the complete pools (where a resumed job reads on)."""
+    batches: NotRequired[int]
+    """Batches of the next pool already appended (a checkpoint inside a pool); absent: 0."""
     rows: int
     counts: dict[str, int]
     timings: dict[str, float]

@@ -260,6 +260,7 @@ class PartWriter:
         timings: Mapping[str, float],
         centroids: Mapping[str, npt.NDArray[Any]] | None = None,
         complete: bool = False,
+        batches: int | None = None,
     ) -> Progress:
         """Make everything so far durable and record it in ``progress.json``.
 
@@ -275,8 +276,14 @@ class PartWriter:
             Running centroid state (arrays saved to one ``.npz``), replacing the last one.
         complete : bool
             Mark the part finished (no more pools).
+        batches : int or None
+            None at the end of a pool; inside a pool, the batches of the current pool
+            whose rows are appended (a resumed job replays the pool and skips them).
         """
         seq = self.progress["pools"]
+        done = self.progress.get("batches", 0)
+        # unique per checkpoint, so a crash never leaves a listed file half-replaced
+        stem = f"{seq:06d}-{done:06d}" if done else f"{seq:06d}"
         for writer in self.writers.values():
             writer.checkpoint()
             crash_point()
@@ -284,7 +291,7 @@ class PartWriter:
         if self._tokens:
             cols = {k: np.concatenate([t[k] for t in self._tokens]) for k in TOKENS_COLUMNS}
             table = pa.table(cols, schema=tokens_schema())
-            name = f"{TOKENS_DIR}/{seq:06d}.parquet"
+            name = f"{TOKENS_DIR}/{stem}.parquet"
             _write_parquet(table, self.dir / name)
             token_files.append(name)
             self._tokens = []
@@ -298,8 +305,8 @@ class PartWriter:
         old_centroids = centroid_file
         if centroids is not None:
             (self.dir / CENTROIDS_DIR).mkdir(exist_ok=True)
-            centroid_file = f"{CENTROIDS_DIR}/{seq:06d}.npz"
-            tmp = self.dir / f"{CENTROIDS_DIR}/.{seq:06d}.tmp.npz"
+            centroid_file = f"{CENTROIDS_DIR}/{stem}.npz"
+            tmp = self.dir / f"{CENTROIDS_DIR}/.{stem}.tmp.npz"
             np.savez(tmp, **dict[str, Any](centroids))
             tmp.replace(self.dir / centroid_file)
             crash_point()
@@ -311,7 +318,7 @@ class PartWriter:
             total_timings[k] = total_timings.get(k, 0.0) + float(secs)
         self.progress = Progress(
             version=PROGRESS_VERSION,
-            pools=seq + 1,
+            pools=seq + 1 if batches is None else seq,
             consumed=consumed,
             rows=self._rows,
             counts=total_counts,
@@ -321,6 +328,8 @@ class PartWriter:
             centroid_file=centroid_file,
             complete=complete,
         )
+        if batches:
+            self.progress["batches"] = batches
         atomic_write_json(self.dir / PROGRESS_NAME, self.progress)
         crash_point()
         if old_centroids and old_centroids != centroid_file:
