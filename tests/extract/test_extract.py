@@ -45,7 +45,9 @@ def run(model: Path | str, data: Path, store: Path, **kw: Any) -> Any:
     kw.setdefault("run", "r")
     kw.setdefault("quiet", True)
     kw.setdefault("device", "cpu")
-    return extract(ExtractConfig(model=str(model), data=str(data), store=str(store), **kw))
+    progress = kw.pop("progress", None)
+    config = ExtractConfig(model=str(model), data=str(data), store=str(store), **kw)
+    return extract(config, progress=progress)
 
 
 def read_run(store: Path, run: str = "r") -> dict[str, Any]:

@@ -305,3 +305,32 @@ def test_uncommitted_run_is_invisible(tiny_model_dirs: dict[str, Path], tmp_path
     )
     # no leftover staging after the commit
     assert not (store / "runs/r/parts").exists()
+
+
+@pytest.mark.slow
+def test_killed_after_a_checkpoint_inside_the_first_pool_resumes_from_it(
+    tiny_model_dirs: dict[str, Path], reference: Reference, tmp_path: Path
+) -> None:
+    model, data = tiny_model_dirs["bert"], reference.data
+    one_pool = ["--pool-batches", "1000"]  # the whole corpus is one pool
+    whole = tmp_path / "whole.acts"
+    proc = cli(model, data, whole, one_pool)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    store = tmp_path / "s.acts"
+    # a checkpoint after every batch; crash point 12 ends the second batch's checkpoint
+    # (one per appended batch, then two site arrays, tokens, centroids, progress.json)
+    killed(cli(model, data, store, [*one_pool, "--checkpoint-seconds", "0"], crash_at=12))
+    assert_interrupted(store)
+    progress = json.loads((store / "runs/r/parts/part-0000/progress.json").read_text())
+    assert progress["pools"] == 0
+    assert progress["batches"] == 2
+    assert progress["rows"] > 0
+    # resumed with the default cadence (not part of the run's identity)
+    proc = cli(model, data, store, one_pool)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert_same(snapshot(store), snapshot(whole))
+    timings = json.loads((store / "runs/r/run.json").read_text())["timings"]
+    assert 0 < timings["forward_s"] <= timings["wall_s"]
+    assert timings["tokenize_s"] + timings["write_s"] > 0
