@@ -62,6 +62,7 @@ class ProgressBar:
 
             self.bar = tqdm(
                 total=p.total_records,
+                initial=p.records,  # a resumed job's ETA counts only its own rate
                 unit="rec",
                 disable=self.disable,
                 dynamic_ncols=True,
