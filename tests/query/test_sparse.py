@@ -68,6 +68,23 @@ def test_lasso_matches_sparse_encode(backend: str) -> None:
     assert ((got.toarray() != 0) == (np.abs(ref) > 1e-8)).mean() > 0.99
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_lasso_on_coherent_atoms_matches_sparse_encode(backend: str) -> None:
+    # atoms with pairwise cos ~0.9: coordinate descent alone crawls here, the support
+    # Newton steps finish it (see pursuit._support_newton)
+    rng = np.random.default_rng(6)
+    e = rng.standard_normal(16)
+    e /= np.linalg.norm(e)
+    V = rng.standard_normal((24, 16))
+    V -= np.outer(V @ e, e)
+    D = np.sqrt(0.9) * e + np.sqrt(0.1) * V / np.linalg.norm(V, axis=1, keepdims=True)
+    X = rng.standard_normal((20, 16))
+    ref = sparse_encode(X, D, algorithm="lasso_cd", alpha=0.05, max_iter=200000)
+    got = lasso(X, D, 0.05, tol=1e-10, backend=backend).toarray()  # type: ignore[arg-type]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert (np.count_nonzero(got, 1) > 4).all()
+
+
 def test_lasso_exclude() -> None:
     X, D = _problem(3, n=3)
     got = lasso(X, D, 0.2, exclude=[5, -1, 0], tol=1e-10, max_iter=20000).toarray()
