@@ -21,6 +21,7 @@ __all__ = [
     "ResultNotFoundError",
     "RowIndexError",
     "RunExistsError",
+    "RunLockedError",
     "RunNotFoundError",
     "SiteError",
     "SiteNotFoundError",
@@ -82,6 +83,11 @@ class RunNotFoundError(ActstoreError, KeyError):
 
 class RunExistsError(ActstoreError, FileExistsError):
     """A run of that name exists with different arguments (use ``--overwrite``)."""
+
+
+class RunLockedError(ActstoreError, BlockingIOError):
+    """Another live process is writing that part of the run (its lock is held); the
+    message names the process and host."""
 
 
 class FloatOverflowError(ActstoreError, OverflowError):

@@ -29,8 +29,10 @@ from actstore.extract.batching import Pooler, Segment
 from actstore.extract.config import ExtractConfig
 from actstore.extract.corpus import Corpus, Doc, open_corpus
 from actstore.extract.progress import ExtractProgress, ProgressBar
-from actstore.store.commit import commit_run, prepare_run
+from actstore.store.claim import prepare_run
+from actstore.store.commit import try_commit
 from actstore.store.format import MANIFEST_NAME, PROGRESS_VERSION, RUNS_DIR, RunJSON
+from actstore.store.locks import check_part_free
 from actstore.store.manifest import create_store, read_manifest
 from actstore.store.part import PartWriter, Progress, discard_part, load_progress, now_iso
 
@@ -46,7 +48,7 @@ class ExtractResult:
     shard: int
     status: str
     """``committed`` (the run is visible), ``part-complete`` (waiting for other shards),
-    or ``already-committed`` (nothing to do)."""
+    or ``already-committed`` (nothing to do, or another shard's job committed it first)."""
     rows: int
     counts: dict[str, int]
     seconds: float
@@ -141,6 +143,9 @@ def extract(
         first batch and after every batch. None: a tqdm bar on stderr (none with
         ``config.quiet``).
 
+    The job holds its part's writer lock from the run check to the end; a second job on
+    the same part is refused (:class:`~actstore.errors.RunLockedError`).
+
     Returns
     -------
     ExtractResult
@@ -155,21 +160,28 @@ def extract(
     store = Path(config.store)
     new_store = not store.exists()
     try:
-        if progress is None:
-            with ProgressBar(_bar_label(config), disable=config.quiet) as bar:
-                return _extract(config, bar)
-        return _extract(config, progress)
+        with contextlib.ExitStack() as held:
+            if progress is None:
+                bar = held.enter_context(ProgressBar(_bar_label(config), disable=config.quiet))
+                return _extract(config, bar, held)
+            return _extract(config, progress, held)
     except BaseException:
         if new_store:
             _remove_unused_store(store)
         raise
 
 
-def _extract(config: ExtractConfig, progress: Callable[[ExtractProgress], None]) -> ExtractResult:
+def _extract(
+    config: ExtractConfig,
+    progress: Callable[[ExtractProgress], None],
+    held: contextlib.ExitStack[Any],
+) -> ExtractResult:
+    """:func:`extract`; the part's lock is pushed onto ``held``."""
     t_start = time.perf_counter()
     store = Path(config.store)
     corpus = _open_corpus(config)
     create_store(store)
+    check_part_free(store, config.run, config.shard)  # refuse before loading the model
     from actstore.extract.head import matrices
     from actstore.extract.model import load_model
     from actstore.extract.sites import SiteCapture, parse_sites
@@ -184,8 +196,15 @@ def _extract(config: ExtractConfig, progress: Callable[[ExtractProgress], None])
     sites = parse_sites(config.sites, lm)
     pooler = _pooler(config, lm)  # validates max_length against the tokenizer
     identity = _identity(config, lm, sites, corpus)
-    done = prepare_run(
-        store, config.run, identity, overwrite=config.overwrite, num_parts=config.num_shards
+    done = held.enter_context(
+        prepare_run(
+            store,
+            config.run,
+            identity,
+            overwrite=config.overwrite,
+            num_parts=config.num_shards,
+            shard=config.shard,
+        )
     )
     if done is not None:
         rows = done["counts"]["rows"]
@@ -347,12 +366,12 @@ def _check_not_empty(config: ExtractConfig, part: PartWriter) -> None:
 def _commit(config: ExtractConfig, progress: Progress, seconds: float) -> ExtractResult:
     """Commit the run if every part is complete; the result of this (complete) part."""
     store = Path(config.store)
-    result = commit_run(store, config.run, config.num_shards)
+    status, result = try_commit(store, config.run, config.num_shards)
     return ExtractResult(
         store,
         config.run,
         config.shard,
-        "committed" if result is not None else "part-complete",
+        status,
         progress["rows"],
         progress["counts"],
         seconds,

@@ -1,18 +1,18 @@
-"""A run's life in the manifest: check a job against it, commit it, drop it.
+"""Publish a run whose parts are all complete: the commit, in steps that can be redone.
 
-:func:`prepare_run` decides what a job writing a run may do with what is stored under
-that name. :func:`commit_run`, once every part is complete, numbers rows globally (part
-k's rows follow part k-1's), writes the run's tokens, vocabulary, docs and centroid
-tables, then ``run.json``, and last replaces the manifest atomically; only then can
-readers see the run. Every step before the manifest replace can be redone, so a commit
-killed half-way is finished by running it again.
+:func:`commit_run` numbers rows globally (part k's rows follow part k-1's) and publishes
+the run in steps (:data:`COMMIT_STEPS`): tokens, vocabulary, docs, centroids,
+``run.json``, then the manifest (the run is visible from here on), then the staging is
+removed. It runs under the store lock; every step rewrites its whole output from the
+parts' staging, so a commit killed anywhere is finished by running it again and ends
+with the same files. Claiming and dropping runs is :mod:`actstore.store.claim`'s.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -27,12 +27,11 @@ from actstore.store.docs import write_docs
 from actstore.store.format import (
     ARRAYS_DIR,
     CENTROIDS_DIR,
-    DOCS_DIR,
-    MANIFEST_NAME,
     RUN_NAME,
     TOKENS_DIR,
     VOCAB_NAME,
     VOCAB_STRINGS_NAME,
+    ManifestJSON,
     PartMetaJSON,
     ProgressJSON,
     RunJSON,
@@ -42,83 +41,49 @@ from actstore.store.format import (
     staging_dir,
     tokens_file_name,
 )
-from actstore.store.manifest import atomic_write_json, read_manifest, read_run_json, store_lock
+from actstore.store.locks import try_lock_part
+from actstore.store.manifest import (
+    atomic_write_json,
+    read_manifest,
+    read_run_json,
+    remove_temp_files,
+    store_lock,
+    write_manifest,
+)
 from actstore.store.part import (
-    iter_part_metas,
     load_progress,
     now_iso,
+    part_indices,
     read_part_meta,
     remove_part,
 )
 
-__all__ = ["commit_run", "drop_run", "prepare_run"]
+__all__ = ["COMMIT_STEPS", "CommitStatus", "commit_run", "tidy_staging", "try_commit"]
+
+CommitStatus = Literal["committed", "already-committed", "part-complete"]
+
+#: The steps of a commit, in order; a crash point named ``commit.<step>`` follows each.
+COMMIT_STEPS = ("tokens", "vocab", "docs", "centroids", "run_json", "manifest", "staging")
 
 
-def prepare_run(
-    store: Path, run: str, identity: dict[str, Any], *, overwrite: bool, num_parts: int
-) -> RunJSON | None:
-    """Check a job writing ``run`` with ``identity`` against what ``store`` holds.
+def tidy_staging(store: Path, run: str, num_parts: int) -> None:
+    """Remove the staging of a committed run (store lock held).
 
-    Returns the committed ``run.json`` if the run is committed with the same identity
-    (nothing left to do), else None (go on writing). With ``overwrite``, a committed run
-    is dropped and staged parts with another identity are deleted.
-
-    Raises
-    ------
-    RunExistsError
-        The run, or a staged part of it, was written with another identity and
-        ``overwrite`` is false.
+    Parts ``0 .. num_parts-1`` are in the run: complete, their writers done with them.
+    A staged part beyond them (another job's, with other arguments) goes only if no one
+    is writing it.
     """
-    if run in read_manifest(store)["runs"]:
-        if overwrite:
-            drop_run(store, run)
-            return None
-        done = read_run_json(store, run)
-        if done.get("identity") == identity:
-            return commit_run(store, run, num_parts)  # also tidies staging
-        raise RunExistsError(_differs(run, done.get("identity") or {}, identity))
-    for index, meta in iter_part_metas(store, run):
-        if meta["identity"] != identity:
-            if not overwrite:
-                raise RunExistsError(_differs(run, meta["identity"], identity))
-            remove_part(store, run, index)
-    return None
-
-
-def _differs(run: str, old: dict[str, Any], new: dict[str, Any]) -> str:
-    def flat(d: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update({f"{k}.{sub}": x for sub, x in v.items()})
-            else:
-                out[k] = v
-        return out
-
-    a, b = flat(old), flat(new)
-    keys = sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
-    shown = ", ".join(f"{k} {_short(a.get(k))} != {_short(b.get(k))}" for k in keys[:4])
-    more = f" (and {len(keys) - 4} more)" if len(keys) > 4 else ""
-    return (
-        f"run {run!r} exists with other arguments: {shown}{more}; "
-        "pass --overwrite to replace it or pick another --run"
-    )
-
-
-def _short(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def drop_run(store: Path, run: str) -> None:
-    """Remove ``run`` from the manifest (atomically), then delete its files."""
-    with store_lock(store):
-        manifest = read_manifest(store)
-        if manifest["runs"].pop(run, None) is not None:
-            atomic_write_json(store / MANIFEST_NAME, manifest)
-    shutil.rmtree(run_dir(store, run), ignore_errors=True)
-    for f in (store / DOCS_DIR).glob(f"{run}.part-*.parquet"):
-        f.unlink()
+    for index in part_indices(store, run):
+        if index < num_parts:
+            shutil.rmtree(part_dir(store, run, index), ignore_errors=True)
+            continue
+        lock = try_lock_part(store, run, index, purpose="tidy")
+        if lock is not None:
+            with lock:
+                remove_part(store, run, index)
+    staging = staging_dir(store, run)
+    if staging.is_dir() and not any(staging.iterdir()):
+        staging.rmdir()
 
 
 def remove_run(store: Path, run: str) -> None:
@@ -137,102 +102,120 @@ def remove_run(store: Path, run: str) -> None:
         raise RunNotFoundError(
             f"no run {run!r} in {store}; runs: {', '.join(manifest['runs']) or 'none'}"
         )
+    from actstore.store.claim import drop_run
+
     drop_run(store, run)
 
 
 def commit_run(store: Path, run: str, num_parts: int) -> RunJSON | None:
     """Publish ``run`` if all ``num_parts`` parts are complete; else return None.
 
-    Returns the run's ``run.json`` content (also when it was already committed).
+    Returns the run's ``run.json`` content (also when it was already committed, after
+    removing staging that a commit killed after publishing left).
 
     Raises
     ------
     RunExistsError
         The parts were written with different options.
     """
+    return try_commit(store, run, num_parts)[1]
+
+
+def try_commit(store: Path, run: str, num_parts: int) -> tuple[CommitStatus, RunJSON | None]:
+    """:func:`commit_run`, also saying what happened: ``"committed"`` (by this call),
+    ``"already-committed"`` (by another, e.g. the last of several shards finishing at
+    once) or ``"part-complete"`` (some part is not complete; nothing changed)."""
     store = Path(store)
-    rdir = run_dir(store, run)
     with store_lock(store):
         manifest = read_manifest(store)
         if run in manifest["runs"]:
             done = read_run_json(store, run)
-            # staging left by a commit killed after publishing
-            shutil.rmtree(staging_dir(store, run), ignore_errors=True)
-            return done
-        progresses: list[ProgressJSON] = []
-        for k in range(num_parts):
-            prog = load_progress(store, run, k)
-            if prog is None or not prog["complete"]:
-                return None
-            progresses.append(prog)
-        metas = [_part_meta(store, run, k) for k in range(num_parts)]
-        for k, meta in enumerate(metas[1:], start=1):
-            if meta["identity"] != metas[0]["identity"]:
-                raise RunExistsError(
-                    f"part {k} of run {run!r} was written with other options than part 0; "
-                    "re-run that shard with the same arguments, or use --overwrite"
-                )
-        meta = metas[0]
-        offsets = np.concatenate([[0], np.cumsum([p["rows"] for p in progresses])])
-        vocab_size = int(meta["vocab_size"])
-        counts = _write_tokens(store, run, progresses, offsets, vocab_size)
-        crash_point()
-        _write_vocab(store, run, counts)
-        n_docs = write_docs(store, run, progresses)  # records of the run
-        crash_point()
-        centroid_sites = _write_centroids(store, run, progresses, meta, vocab_size)
-        zarr.open_group(store=LocalStore(rdir / ARRAYS_DIR), mode="a")
+            tidy_staging(store, run, manifest["runs"][run]["num_parts"])
+            return "already-committed", done
+        run_json = _commit_locked(store, run, num_parts, manifest)
+        return ("committed" if run_json is not None else "part-complete"), run_json
 
-        total: dict[str, int] = {}
-        timings: dict[str, float] = {}
-        for prog in progresses:
-            for key, value in prog["counts"].items():
-                total[key] = total.get(key, 0) + value
-            for key, secs in prog["timings"].items():
-                timings[key] = max(timings.get(key, 0.0), secs)
-        total["rows"] = int(offsets[-1])
-        total["docs"] = n_docs
-        committed_at = now_iso()
-        run_json: RunJSON = {
-            "version": 1,
-            "run": run,
-            "status": "committed",
-            "model": meta["model"],
-            "tokenizer": meta["tokenizer"],
-            "sites": meta["sites"],
-            "matrices": meta["matrices"],
-            "head": meta["head"],
-            "dtype": meta["dtype"],
-            "config": meta["config"],
-            "identity": meta["identity"],
-            "counts": total,
-            "parts": [
-                {
-                    "index": k,
-                    "n_rows": p["rows"],
-                    "row_offset": int(offsets[k]),
-                    "n_docs": p["counts"].get("docs", 0),
-                }
-                for k, p in enumerate(progresses)
-            ],
-            "timings": timings,
-            "versions": meta["versions"],
-            "created_at": meta["created_at"],
-            "committed_at": committed_at,
-        }
-        if centroid_sites:
-            run_json["centroids"] = centroid_sites
-        atomic_write_json(run_json_path(store, run), run_json)
-        crash_point()
-        manifest["runs"][run] = {
-            "committed_at": committed_at,
-            "n_rows": total["rows"],
-            "n_docs": n_docs,
-            "num_parts": num_parts,
-        }
-        atomic_write_json(store / MANIFEST_NAME, manifest)
-        crash_point()
-    shutil.rmtree(staging_dir(store, run), ignore_errors=True)
+
+def _commit_locked(store: Path, run: str, num_parts: int, manifest: ManifestJSON) -> RunJSON | None:
+    rdir = run_dir(store, run)
+    progresses: list[ProgressJSON] = []
+    for k in range(num_parts):
+        prog = load_progress(store, run, k)
+        if prog is None or not prog["complete"]:
+            return None
+        progresses.append(prog)
+    metas = [_part_meta(store, run, k) for k in range(num_parts)]
+    for k, meta in enumerate(metas[1:], start=1):
+        if meta["identity"] != metas[0]["identity"]:
+            raise RunExistsError(
+                f"part {k} of run {run!r} was written with other options than part 0; "
+                "re-run that shard with the same arguments, or use --overwrite"
+            )
+    meta = metas[0]
+    offsets = np.concatenate([[0], np.cumsum([p["rows"] for p in progresses])])
+    vocab_size = int(meta["vocab_size"])
+    counts = _write_tokens(store, run, progresses, offsets, vocab_size)
+    crash_point("commit.tokens")
+    _write_vocab(store, run, counts)
+    crash_point("commit.vocab")
+    n_docs = write_docs(store, run, progresses)  # records of the run
+    crash_point("commit.docs")
+    centroid_sites = _write_centroids(store, run, progresses, meta, vocab_size)
+    zarr.open_group(store=LocalStore(rdir / ARRAYS_DIR), mode="a")
+    crash_point("commit.centroids")
+
+    total: dict[str, int] = {}
+    timings: dict[str, float] = {}
+    for prog in progresses:
+        for key, value in prog["counts"].items():
+            total[key] = total.get(key, 0) + value
+        for key, secs in prog["timings"].items():
+            timings[key] = max(timings.get(key, 0.0), secs)
+    total["rows"] = int(offsets[-1])
+    total["docs"] = n_docs
+    committed_at = now_iso()
+    run_json: RunJSON = {
+        "version": 1,
+        "run": run,
+        "status": "committed",
+        "model": meta["model"],
+        "tokenizer": meta["tokenizer"],
+        "sites": meta["sites"],
+        "matrices": meta["matrices"],
+        "head": meta["head"],
+        "dtype": meta["dtype"],
+        "config": meta["config"],
+        "identity": meta["identity"],
+        "counts": total,
+        "parts": [
+            {
+                "index": k,
+                "n_rows": p["rows"],
+                "row_offset": int(offsets[k]),
+                "n_docs": p["counts"].get("docs", 0),
+            }
+            for k, p in enumerate(progresses)
+        ],
+        "timings": timings,
+        "versions": meta["versions"],
+        "created_at": meta["created_at"],
+        "committed_at": committed_at,
+    }
+    if centroid_sites:
+        run_json["centroids"] = centroid_sites
+    remove_temp_files(run_json_path(store, run))  # left by a commit killed mid-write
+    atomic_write_json(run_json_path(store, run), run_json)
+    crash_point("commit.run_json")
+    manifest["runs"][run] = {
+        "committed_at": committed_at,
+        "n_rows": total["rows"],
+        "n_docs": n_docs,
+        "num_parts": num_parts,
+    }
+    write_manifest(store, manifest)
+    crash_point("commit.manifest")
+    tidy_staging(store, run, num_parts)
+    crash_point("commit.staging")
     return run_json
 
 

@@ -11,6 +11,7 @@ dropped and no commit fails on a type.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -19,13 +20,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from actstore.store._faults import crash_point
 from actstore.store.format import (
     DOCS_DIR,
     DOCS_SCHEMA_BASE,
     ProgressJSON,
     docs_file_name,
+    docs_file_part,
     part_dir,
 )
+from actstore.store.manifest import temp_path
 
 __all__ = [
     "LEGACY_RECORD_COLUMN",
@@ -177,15 +181,24 @@ def write_docs(store: Path, run: str, progresses: Sequence[ProgressJSON]) -> int
         [part_dir(store, run, k) / f for f in p["doc_files"]] for k, p in enumerate(progresses)
     ]
     schema = unify_schemas(pq.read_schema(f) for part in files for f in part)
+    # docs files of this run that this commit does not write (an earlier run of the name
+    # with more parts) and temp files of a killed commit go first
+    keep = {docs_file_name(run, k) for k, part in enumerate(files) if part}
+    for f in out.iterdir():
+        target = f.name[1:].rsplit(".tmp-", 1)[0] if f.name.startswith(".") else f.name
+        if docs_file_part(run, target) is not None and f.name not in keep:
+            f.unlink()
     n_docs = 0
     for k, part in enumerate(files):
         if not part:
             continue
         table = pa.concat_tables([_conform(pq.read_table(f), schema) for f in part])
         n_docs += table.num_rows
-        tmp = out / f".{docs_file_name(run, k)}.tmp"
+        path = out / docs_file_name(run, k)
+        tmp = temp_path(path)
         pq.write_table(table, tmp, row_group_size=64 * 1024, compression="zstd")
-        tmp.replace(out / docs_file_name(run, k))
+        crash_point("atomic_write")
+        os.replace(tmp, path)
     return n_docs
 
 

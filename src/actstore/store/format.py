@@ -17,6 +17,7 @@ __all__ = [
     "DOCS_SCHEMA_BASE",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "LOCKS_DIR",
     "LOCK_NAME",
     "MANIFEST_NAME",
     "PARTS_DIR",
@@ -32,6 +33,7 @@ __all__ = [
     "SITE_NAME",
     "TOKENS_COLUMNS",
     "TOKENS_DIR",
+    "TRASH_DIR",
     "VOCAB_NAME",
     "VOCAB_STRINGS_NAME",
     "ManifestJSON",
@@ -43,12 +45,15 @@ __all__ = [
     "SiteJSON",
     "StorageDType",
     "docs_file_name",
+    "docs_file_part",
     "part_array_path",
     "part_dir",
     "part_index",
+    "part_lock_path",
     "part_name",
     "run_dir",
     "run_json_path",
+    "run_locks_dir",
     "staging_dir",
     "tokens_file_name",
 ]
@@ -59,6 +64,10 @@ FORMAT_VERSION = 1
 # -- names in the store root
 MANIFEST_NAME = "actstore.json"
 LOCK_NAME = ".actstore.lock"
+#: ``.locks/<run>/part-KKKK.lock``: one writer lock (flock) per part; never deleted
+LOCKS_DIR = ".locks"
+#: ``.trash/<ns>-<pid>-<host>/``: what a drop moved out of sight before deleting it
+TRASH_DIR = ".trash"
 DOCS_DIR = "docs"
 RUNS_DIR = "runs"
 #: ``results/<name>``: a saved analysis result (table, meta.json, arrays/*.npy)
@@ -255,3 +264,30 @@ def tokens_file_name(index: int, seq: int) -> str:
 def docs_file_name(run: str, index: int) -> str:
     """Name of the docs file of one part of ``run`` in the store's ``docs/``."""
     return f"{run}.{part_name(index)}.parquet"
+
+
+def docs_file_part(run: str, name: str) -> int | None:
+    """The part index of ``name`` if it is a docs file of ``run`` (see :func:`docs_file_name`).
+
+    Exact: the docs of a run named ``a.part-0000`` are not docs of run ``a``.
+
+    >>> docs_file_part("a", "a.part-0001.parquet")
+    1
+    >>> docs_file_part("a", "a.part-0000.part-0001.parquet") is None
+    True
+    """
+    prefix, suffix = f"{run}.", ".parquet"
+    if not (name.startswith(prefix) and name.endswith(suffix)):
+        return None
+    return part_index(name[len(prefix) : len(name) - len(suffix)])
+
+
+def run_locks_dir(store: Path, run: str) -> Path:
+    """Directory of the part lock files of ``run`` (outside ``runs/``: a drop never removes a
+    lock file someone may hold)."""
+    return store / LOCKS_DIR / run
+
+
+def part_lock_path(store: Path, run: str, index: int) -> Path:
+    """The lock file of part ``index`` of ``run``: its writer holds ``flock`` on it."""
+    return run_locks_dir(store, run) / f"{part_name(index)}.lock"

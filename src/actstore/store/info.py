@@ -12,6 +12,7 @@ from actstore.store.format import (
     DOCS_DIR,
     FORMAT_VERSION,
     RUNS_DIR,
+    docs_file_part,
     part_name,
     run_dir,
     staging_dir,
@@ -70,8 +71,7 @@ def store_info(store: str | Path) -> dict[str, Any]:
     docs_dir = store / DOCS_DIR
     records: set[tuple[int, int]] = set()  # a record read by several runs counts once
     for f in sorted(docs_dir.glob("*.parquet")) if docs_dir.is_dir() else []:
-        run = f.name.split(".part-")[0]
-        if run in manifest["runs"]:
+        if any(docs_file_part(run, f.name) is not None for run in manifest["runs"]):
             number = "record" if has_records(f) else LEGACY_RECORD_COLUMN
             table = pq.read_table(f, columns=[number, "doc_id"])
             cols = [c.to_pylist() for c in table.columns]

@@ -1,8 +1,8 @@
 """Read and atomically update ``actstore.json``, the list of committed runs.
 
 A run becomes visible to readers only when its name appears here; writers update the
-file under an exclusive lock with write-temp, fsync, rename. A committed run's record,
-``run.json``, is read here too.
+file under the store's exclusive lock with write-temp, fsync, rename. A committed run's
+record, ``run.json``, is read here too.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from actstore.errors import FormatVersionError, StoreError, StoreNotFoundError
+from actstore.store._faults import crash_point
 from actstore.store.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -33,19 +34,42 @@ __all__ = [
     "create_store",
     "read_manifest",
     "read_run_json",
+    "remove_temp_files",
     "store_lock",
+    "temp_path",
     "update_manifest",
+    "write_manifest",
 ]
+
+
+def temp_path(path: Path) -> Path:
+    """The temp file this process writes before renaming it to ``path`` (hidden, per process).
+
+    >>> temp_path(Path("s/run.json")).name.startswith(".run.json.tmp-")
+    True
+    """
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove_temp_files(path: Path) -> None:
+    """Delete every process's temp files for ``path`` (left by killed writers).
+
+    Only for files written under a lock the caller holds, so no live writer has one open.
+    """
+    if path.parent.is_dir():
+        for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see the old or the new file, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+    crash_point("atomic_write")
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -134,6 +158,9 @@ def read_run_json(store: Path, run: str) -> RunJSON:
 def create_store(store: Path) -> ManifestJSON:
     """Open ``store`` for writing, creating an empty store if the path is new or empty.
 
+    Safe when several processes create the same store at once: the manifest is written
+    under the store lock, and finding that another process created it is success.
+
     Raises
     ------
     StoreError
@@ -144,22 +171,40 @@ def create_store(store: Path) -> ManifestJSON:
         raise StoreError(f"store path {store} is a file, expected a directory; pick another path")
     if (store / MANIFEST_NAME).exists():
         return read_manifest(store)
-    if store.is_dir() and any(store.iterdir()):
+    _check_empty(store)  # before the lock: never leave a lock file in someone else's folder
+    store.mkdir(parents=True, exist_ok=True)
+    with store_lock(store):
+        if not (store / MANIFEST_NAME).exists():
+            _check_empty(store)
+            empty: ManifestJSON = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "runs": {}}
+            write_manifest(store, empty)
+    return read_manifest(store)
+
+
+def _check_empty(store: Path) -> None:
+    """Raise unless ``store`` is missing or holds only what a store being created holds."""
+    if not store.is_dir():
+        return
+    tmp_prefix = f".{MANIFEST_NAME}.tmp-"
+    foreign = [
+        p.name
+        for p in store.iterdir()
+        if p.name not in (LOCK_NAME, MANIFEST_NAME) and not p.name.startswith(tmp_prefix)
+    ]
+    # a store's other entries are made after its manifest: re-check for one made meanwhile
+    if foreign and not (store / MANIFEST_NAME).exists():
         raise StoreError(
             f"{store} is a non-empty directory without {MANIFEST_NAME}, not a store; "
             "pick a new or empty directory"
         )
-    store.mkdir(parents=True, exist_ok=True)
-    with store_lock(store):
-        if not (store / MANIFEST_NAME).exists():
-            empty: ManifestJSON = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "runs": {}}
-            atomic_write_json(store / MANIFEST_NAME, empty)
-    return read_manifest(store)
 
 
 @contextlib.contextmanager
 def store_lock(store: Path) -> Iterator[None]:
-    """Hold the store's exclusive writer lock (``.actstore.lock``, advisory ``flock``)."""
+    """Hold the store's exclusive writer lock (``.actstore.lock``, advisory ``flock``).
+
+    Not re-entrant: a process holding it must not ask for it again.
+    """
     fd = os.open(Path(store) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -169,11 +214,22 @@ def store_lock(store: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def write_manifest(store: Path, manifest: ManifestJSON) -> None:
+    """Replace ``actstore.json`` atomically. The caller holds :func:`store_lock`.
+
+    Temp files of writers killed mid-write are removed first (every manifest write holds
+    the lock, so none of them is in use).
+    """
+    path = Path(store) / MANIFEST_NAME
+    remove_temp_files(path)
+    atomic_write_json(path, manifest)
+
+
 def update_manifest(store: Path, change: Callable[[ManifestJSON], None]) -> ManifestJSON:
     """Apply ``change`` to the manifest in place under the lock and atomically replace it."""
     store = Path(store)
     with store_lock(store):
         manifest = read_manifest(store)
         change(manifest)
-        atomic_write_json(store / MANIFEST_NAME, manifest)
+        write_manifest(store, manifest)
     return manifest

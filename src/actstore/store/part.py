@@ -10,6 +10,7 @@ deleted when the writer resumes. This module is the only code that writes or rea
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -44,7 +45,8 @@ from actstore.store.format import (
     run_dir,
     staging_dir,
 )
-from actstore.store.manifest import atomic_write_json
+from actstore.store.locks import held_parts
+from actstore.store.manifest import atomic_write_json, read_manifest, store_lock, temp_path
 
 __all__ = [
     "PartWriter",
@@ -81,10 +83,17 @@ def remove_part(store: Path, run: str, index: int) -> None:
 
 
 def discard_part(store: Path, run: str, index: int) -> None:
-    """Delete a part that stored nothing, and the run's directory if no other part is left."""
-    remove_part(store, run, index)
-    staging = staging_dir(store, run)
-    if not (staging.is_dir() and any(staging.iterdir())):
+    """Delete a part that stored nothing (the caller holds its lock), and the run's directory
+    if nothing else of the run is left: not committed, no other part staged or being written.
+    """
+    with store_lock(store):
+        if run in read_manifest(store)["runs"]:
+            return  # a committed run's files are touched only by --overwrite
+        remove_part(store, run, index)
+        if part_indices(store, run):
+            return
+        if next(held_parts(store, run, exclude=index), None) is not None:
+            return  # another writer has claimed a part and will write here
         shutil.rmtree(run_dir(store, run), ignore_errors=True)
 
 
@@ -306,7 +315,8 @@ class PartWriter:
         if centroids is not None:
             (self.dir / CENTROIDS_DIR).mkdir(exist_ok=True)
             centroid_file = f"{CENTROIDS_DIR}/{stem}.npz"
-            tmp = self.dir / f"{CENTROIDS_DIR}/.{stem}.tmp.npz"
+            # np.savez wants the .npz suffix; the pid keeps temp names per process
+            tmp = self.dir / f"{CENTROIDS_DIR}/.{stem}.tmp-{os.getpid()}.npz"
             np.savez(tmp, **dict[str, Any](centroids))
             tmp.replace(self.dir / centroid_file)
             crash_point()
@@ -345,7 +355,7 @@ class PartWriter:
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     pq.write_table(table, tmp, row_group_size=128 * 1024, compression="zstd")
     tmp.replace(path)
 

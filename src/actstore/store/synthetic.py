@@ -23,7 +23,7 @@ from actstore.store.format import PartMetaJSON, RunJSON, StorageDType
 from actstore.store.manifest import create_store
 from actstore.store.part import PartWriter, now_iso
 
-__all__ = ["synthetic_rows", "write_synthetic_run"]
+__all__ = ["stage_synthetic_run", "synthetic_rows", "write_synthetic_run"]
 
 
 def synthetic_rows(
@@ -54,6 +54,7 @@ def write_synthetic_run(
     layout: Layout | None = None,
     seed: int = 0,
     docs_per_pool: int = 1024,
+    centroids: bool = False,
 ) -> RunJSON:
     """Write and commit a run of ``n_docs * tokens_per_doc`` random rows per site.
 
@@ -61,7 +62,47 @@ def write_synthetic_run(
     random in ``[0, vocab_size)`` and character spans ``[4p, 4p+3)``. Part ``k`` holds
     docs ``i`` with ``i % num_parts == k``. Rows are written in the order docs are
     assigned, so global row ``r`` belongs to part ``k`` at offset ``r - row_offset[k]``.
+    With ``centroids``, each part also saves per-token sums of its rows (float64).
     """
+    stage_synthetic_run(
+        store,
+        run,
+        n_docs=n_docs,
+        tokens_per_doc=tokens_per_doc,
+        d=d,
+        sites=sites,
+        dtype=dtype,
+        vocab_size=vocab_size,
+        num_parts=num_parts,
+        layout=layout,
+        seed=seed,
+        docs_per_pool=docs_per_pool,
+        centroids=centroids,
+    )
+    result = commit_run(Path(store), run, num_parts)
+    if result is None:  # cannot happen: every part was just finished
+        raise StoreError(f"run {run!r} in {store} did not commit; its parts are incomplete")
+    return result
+
+
+def stage_synthetic_run(
+    store: str | Path,
+    run: str,
+    *,
+    n_docs: int,
+    tokens_per_doc: int = 32,
+    d: int = 16,
+    sites: tuple[str, ...] = ("hidden.0", "hidden.1"),
+    dtype: StorageDType = "float32",
+    vocab_size: int = 1000,
+    num_parts: int = 1,
+    layout: Layout | None = None,
+    seed: int = 0,
+    docs_per_pool: int = 1024,
+    centroids: bool = False,
+) -> None:
+    """Write every part of the run of :func:`write_synthetic_run`, complete but not
+    committed (the state :func:`~actstore.store.commit.commit_run` starts from)."""
     store = Path(store)
     create_store(store)
     layout = layout or Layout()
@@ -85,14 +126,16 @@ def write_synthetic_run(
             )
         )
         docs = np.arange(k, n_docs, num_parts)
+        count = np.zeros(vocab_size, np.int64)
+        sums = {site: np.zeros((vocab_size, d), np.float64) for site in sites}
         for p0 in range(0, len(docs), docs_per_pool):
             pool = docs[p0 : p0 + docs_per_pool]
             n = len(pool) * tokens_per_doc
             start = part.rows
-            arrays = {
-                s: to_physical(synthetic_rows(seed + k, i, start, start + n, d), dtype)
-                for i, s in enumerate(sites)
+            rows = {
+                s: synthetic_rows(seed + k, i, start, start + n, d) for i, s in enumerate(sites)
             }
+            arrays = {s: to_physical(x, dtype) for s, x in rows.items()}
             pos = np.tile(np.arange(tokens_per_doc, dtype=np.int32), len(pool))
             tokens: dict[str, Any] = {
                 "doc_id": np.repeat(pool.astype(np.int64), tokens_per_doc),
@@ -103,19 +146,28 @@ def write_synthetic_run(
                 "special": np.zeros(n, bool),
             }
             part.add_batch(arrays, tokens)
-            ids = [int(i) for i in pool]
-            texts = [f"doc {i}" for i in ids]
+            doc_ids = [int(i) for i in pool]
+            texts = [f"doc {i}" for i in doc_ids]
+            records = docs_table(
+                doc_ids, doc_ids, texts, [None] * len(doc_ids), [{}] * len(doc_ids)
+            )
+            state: dict[str, Any] | None = None
+            if centroids:  # the running state the extraction saves (format.md, staging)
+                ids = tokens["token_id"]
+                count += np.bincount(ids, minlength=vocab_size)
+                for site in sites:
+                    np.add.at(sums[site], ids, rows[site].astype(np.float64))
+                seen = np.flatnonzero(count)
+                state = {"ids": seen, "count": count[seen]}
+                state.update({f"sum:{site}": sums[site][seen] for site in sites})
             part.checkpoint(
                 consumed=int(pool[-1]) + 1,
-                docs=docs_table(ids, ids, texts, [None] * len(ids), [{}] * len(ids)),
+                docs=records,
                 counts={"docs": len(pool)},
                 timings={},
+                centroids=state,
             )
         part.finish()
-    result = commit_run(store, run, num_parts)
-    if result is None:  # cannot happen: every part was just finished
-        raise StoreError(f"run {run!r} in {store} did not commit; its parts are incomplete")
-    return result
 
 
 def _meta(
