@@ -16,10 +16,11 @@ from .test_extract import run, write_corpus
 
 
 def tree_hash(root: Path) -> dict[str, str]:
+    """Hashes of the store's data files (hidden bookkeeping such as lock files left out)."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.name.startswith(".")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
     }
 
 
