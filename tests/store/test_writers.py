@@ -24,7 +24,13 @@ from actstore.store.claim import drop_run, prepare_run
 from actstore.store.commit import commit_run
 from actstore.store.info import store_info
 from actstore.store.locks import PartLock, claim_part
-from actstore.store.manifest import create_store, read_manifest, store_lock
+from actstore.store.manifest import (
+    create_store,
+    read_manifest,
+    remove_store_if_unused,
+    store_lock,
+    use_store,
+)
 from actstore.store.part import discard_part
 from actstore.store.synthetic import stage_synthetic_run, write_synthetic_run
 
@@ -363,3 +369,25 @@ def test_a_drop_killed_midway_leaves_nothing_behind(tmp_path: Path) -> None:
     drop_run(store, "r")
     assert not (store / ".trash").exists()
     assert read_manifest(store)["runs"] == {}
+
+
+def test_an_unused_new_store_is_removed_only_when_no_job_uses_it(tmp_path: Path, hold: Any) -> None:
+    store = tmp_path / "new.acts"
+
+    def use() -> object:
+        using = use_store(store)
+        using.__enter__()
+        return using
+
+    hold(use)  # another job on the same new store (e.g. the one a refused job lost to)
+    with use_store(store):
+        pass
+    assert not remove_store_if_unused(store)
+    assert read_manifest(store)["runs"] == {}
+    hold.kill()
+    assert remove_store_if_unused(store)
+    assert not store.exists()
+    # a store with a run stays, used or not
+    write_synthetic_run(store, "r", n_docs=2, tokens_per_doc=3, d=4, vocab_size=10)
+    assert not remove_store_if_unused(store)
+    assert list(read_manifest(store)["runs"]) == ["r"]

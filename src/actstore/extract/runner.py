@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import platform
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from actstore.errors import ActstoreError, EmptyCorpusError
+from actstore.errors import EmptyCorpusError
 from actstore.extract._device import DeviceLoop
 from actstore.extract._pipeline import run_pools
 from actstore.extract.batching import Pooler, Segment
@@ -31,9 +30,9 @@ from actstore.extract.corpus import Corpus, Doc, open_corpus
 from actstore.extract.progress import ExtractProgress, ProgressBar
 from actstore.store.claim import prepare_run
 from actstore.store.commit import try_commit
-from actstore.store.format import MANIFEST_NAME, PROGRESS_VERSION, RUNS_DIR, RunJSON
+from actstore.store.format import PROGRESS_VERSION, RunJSON
 from actstore.store.locks import check_part_free
-from actstore.store.manifest import create_store, read_manifest
+from actstore.store.manifest import remove_store_if_unused, use_store
 from actstore.store.part import PartWriter, Progress, discard_part, load_progress, now_iso
 
 __all__ = ["ExtractResult", "extract", "iter_batches"]
@@ -180,7 +179,7 @@ def _extract(
     t_start = time.perf_counter()
     store = Path(config.store)
     corpus = _open_corpus(config)
-    create_store(store)
+    held.enter_context(use_store(store))
     check_part_free(store, config.run, config.shard)  # refuse before loading the model
     from actstore.extract.head import matrices
     from actstore.extract.model import load_model
@@ -265,14 +264,9 @@ def _extract(
 
 
 def _remove_unused_store(store: Path) -> None:
-    """Delete a store folder holding nothing durable (no run, committed or staged)."""
-    with contextlib.suppress(OSError, ActstoreError):
-        if not (store / MANIFEST_NAME).is_file() or read_manifest(store)["runs"]:
-            return
-        runs = store / RUNS_DIR
-        if runs.is_dir() and any(runs.iterdir()):
-            return
-        shutil.rmtree(store)
+    """Delete a store folder holding nothing durable (no run, committed or staged) that no
+    other job is using (a job refused on a new store must not delete it under the winner)."""
+    remove_store_if_unused(store)
 
 
 def _open_corpus(config: ExtractConfig) -> Corpus:

@@ -34,6 +34,7 @@ __all__ = [
     "TOKENS_COLUMNS",
     "TOKENS_DIR",
     "TRASH_DIR",
+    "USERS_NAME",
     "VOCAB_NAME",
     "VOCAB_STRINGS_NAME",
     "ManifestJSON",
@@ -64,6 +65,8 @@ FORMAT_VERSION = 1
 # -- names in the store root
 MANIFEST_NAME = "actstore.json"
 LOCK_NAME = ".actstore.lock"
+#: shared ``flock`` held by every job using the store (so an unused new store can go)
+USERS_NAME = ".actstore.users"
 #: ``.locks/<run>/part-KKKK.lock``: one writer lock (flock) per part; never deleted
 LOCKS_DIR = ".locks"
 #: ``.trash/<ns>-<pid>-<host>/``: what a drop moved out of sight before deleting it

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from actstore.store.format import (
     LOCK_NAME,
     MANIFEST_NAME,
     RUN_NAME,
+    RUNS_DIR,
+    USERS_NAME,
     ManifestJSON,
     RunJSON,
     run_json_path,
@@ -34,10 +37,12 @@ __all__ = [
     "create_store",
     "read_manifest",
     "read_run_json",
+    "remove_store_if_unused",
     "remove_temp_files",
     "store_lock",
     "temp_path",
     "update_manifest",
+    "use_store",
     "write_manifest",
 ]
 
@@ -176,9 +181,29 @@ def create_store(store: Path) -> ManifestJSON:
     with store_lock(store):
         if not (store / MANIFEST_NAME).exists():
             _check_empty(store)
-            empty: ManifestJSON = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "runs": {}}
-            write_manifest(store, empty)
+            _create_manifest(store)
     return read_manifest(store)
+
+
+def _create_manifest(store: Path) -> None:
+    """Write an empty manifest only if there is none: a temp file, then a hard link, which
+    fails if another process made the manifest meanwhile (then theirs stays)."""
+    path = store / MANIFEST_NAME
+    empty: ManifestJSON = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "runs": {}}
+    tmp = temp_path(path)
+    with open(tmp, "wb") as f:
+        f.write((json.dumps(empty, indent=2) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    except OSError:  # a filesystem without hard links: the store lock is all there is
+        if not path.exists():
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _check_empty(store: Path) -> None:
@@ -189,7 +214,8 @@ def _check_empty(store: Path) -> None:
     foreign = [
         p.name
         for p in store.iterdir()
-        if p.name not in (LOCK_NAME, MANIFEST_NAME) and not p.name.startswith(tmp_prefix)
+        if p.name not in (LOCK_NAME, MANIFEST_NAME, USERS_NAME)
+        and not p.name.startswith(tmp_prefix)
     ]
     # a store's other entries are made after its manifest: re-check for one made meanwhile
     if foreign and not (store / MANIFEST_NAME).exists():
@@ -197,6 +223,60 @@ def _check_empty(store: Path) -> None:
             f"{store} is a non-empty directory without {MANIFEST_NAME}, not a store; "
             "pick a new or empty directory"
         )
+
+
+@contextlib.contextmanager
+def use_store(store: Path) -> Iterator[ManifestJSON]:
+    """:func:`create_store`, then hold a shared ``flock`` on ``.actstore.users`` while in use.
+
+    Every job writing a store holds it, so that :func:`remove_store_if_unused` never
+    removes a store another job is using. If the store is removed between its creation
+    and the lock (by a job that found it unused), it is created again.
+    """
+    store = Path(store)
+    for _ in range(100):
+        path = store / USERS_NAME
+        try:
+            manifest = create_store(store)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # removed meanwhile (StoreNotFoundError too): create it again
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same and (store / MANIFEST_NAME).is_file():
+                yield manifest
+                return
+        finally:
+            os.close(fd)  # releases the lock
+    raise StoreError(f"{store} kept disappearing while being created; is another job deleting it?")
+
+
+def remove_store_if_unused(store: Path) -> bool:
+    """Delete ``store`` if it holds nothing durable (no run, committed or staged) and no job
+    uses it (no one holds :func:`use_store`). Returns whether it was deleted."""
+    store = Path(store)
+    with contextlib.suppress(OSError, StoreError):
+        if not (store / MANIFEST_NAME).is_file():
+            return False
+        with store_lock(store):
+            fd = os.open(store / USERS_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False  # another job is using it
+                runs = store / RUNS_DIR
+                if read_manifest(store)["runs"] or (runs.is_dir() and any(runs.iterdir())):
+                    return False
+                shutil.rmtree(store)
+                return True
+            finally:
+                os.close(fd)
+    return False
 
 
 @contextlib.contextmanager
