@@ -2,12 +2,12 @@
 
 Set ``ACTSTORE_CRASH_AT=n`` in a job's environment and the n-th call of
 :func:`crash_point` (counted across the writer's steps: after a batch is appended,
-between the files of a checkpoint, between the steps of a commit, between writing a
-temp file and renaming it) kills the process as ``kill -9`` would. ``ACTSTORE_CRASH_AT=name``
-(or ``name#k``) kills at the first (k-th) crash point of that name instead. Unset, a crash
-point costs one comparison. A job run with a number it never reaches counts them all
-(:func:`crash_points_passed`, :func:`crash_point_names`), which is how the tests learn
-how many there are.
+between the files of a checkpoint, between the steps of a commit, between writing one of
+the commit's temp files and renaming it) kills the process as ``kill -9`` would.
+``ACTSTORE_CRASH_AT=name`` (or ``name#k``) kills at the first (k-th) crash point of that
+name instead. Unset, a crash point costs one comparison. A job run with a number it
+never reaches counts them all (:func:`crash_points_passed`, :func:`crash_point_names`),
+which is how the tests learn how many there are.
 """
 
 from __future__ import annotations

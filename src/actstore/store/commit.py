@@ -204,7 +204,7 @@ def _commit_locked(store: Path, run: str, num_parts: int, manifest: ManifestJSON
     if centroid_sites:
         run_json["centroids"] = centroid_sites
     remove_temp_files(run_json_path(store, run))  # left by a commit killed mid-write
-    atomic_write_json(run_json_path(store, run), run_json)
+    atomic_write_json(run_json_path(store, run), run_json, crash="atomic_write")
     crash_point("commit.run_json")
     manifest["runs"][run] = {
         "committed_at": committed_at,

@@ -66,15 +66,20 @@ def remove_temp_files(path: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old or the new file, never a torn one."""
+def atomic_write_bytes(path: Path, data: bytes, *, crash: str | None = None) -> None:
+    """Write ``data`` to ``path`` so readers see the old or the new file, never a torn one.
+
+    ``crash`` names a crash point between writing the temp file and renaming it (the
+    commit's files have one; a part's checkpoints do not, so their count stays put).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    crash_point("atomic_write")
+    if crash is not None:
+        crash_point(crash)
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -83,9 +88,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
+def atomic_write_json(path: Path, obj: Any, *, crash: str | None = None) -> None:
     """:func:`atomic_write_bytes` of ``obj`` as indented JSON."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    data = (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+    atomic_write_bytes(path, data, crash=crash)
 
 
 def _check_manifest(path: Path, data: Any) -> ManifestJSON:
@@ -302,7 +308,7 @@ def write_manifest(store: Path, manifest: ManifestJSON) -> None:
     """
     path = Path(store) / MANIFEST_NAME
     remove_temp_files(path)
-    atomic_write_json(path, manifest)
+    atomic_write_json(path, manifest, crash="atomic_write")
 
 
 def update_manifest(store: Path, change: Callable[[ManifestJSON], None]) -> ManifestJSON:
