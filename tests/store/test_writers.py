@@ -116,7 +116,9 @@ def stage(store: Path, num_parts: int = 2) -> None:
 
 def _without_times(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: _without_times(v) for k, v in obj.items() if k != "committed_at"}
+        return {
+            k: _without_times(v) for k, v in obj.items() if k not in ("committed_at", "created_at")
+        }
     return obj
 
 
