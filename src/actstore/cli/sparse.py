@@ -29,7 +29,7 @@ def _report(args: argparse.Namespace, res: Any) -> None:
         "source": res.meta["source"],
         "n_rows": len(res.rows),
         "n_atoms": int(res.dictionary.shape[0]),
-        "nnz": int(res.codes.nnz),
+        "nnz": res.nnz,
         "metrics": res.metrics,
     }
     emit(args, out)

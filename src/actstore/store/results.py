@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ def write_result(
     name: str,
     table: pa.Table | Any,
     *,
-    meta: Mapping[str, Any],
+    meta: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
     arrays: Mapping[str, npt.NDArray[Any]] | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -82,10 +82,12 @@ def write_result(
         An existing store (its manifest is checked first).
     name : str
         Result name; also the SQL view name.
-    table : pyarrow.Table or pandas.DataFrame
-        The result table.
-    meta : mapping
-        JSON-able description: ``analysis``, ``run``, ``site``, options, metrics.
+    table : pyarrow.Table, pandas.DataFrame, or an iterable of pyarrow.Table
+        The result table, or its pieces in order (written as they come, so a result larger
+        than memory can be saved; at least one piece, which gives the schema).
+    meta : mapping, or a function returning one
+        JSON-able description: ``analysis``, ``run``, ``site``, options, metrics. A function
+        is called after the table is written (metrics computed while the pieces streamed).
     arrays : mapping of str to ndarray, optional
         Saved as ``arrays/<key>.npy``.
     overwrite : bool
@@ -101,24 +103,30 @@ def write_result(
     _check_name(name)
     final = result_dir(store, name)
     _check_free(root, name, overwrite)
-    if not isinstance(table, pa.Table):
+    if not isinstance(table, pa.Table) and hasattr(table, "columns"):
         table = pa.Table.from_pandas(table, preserve_index=False)
     # Everything goes into a fresh version folder that no reader sees; then one atomic
     # rename of a symbolic link publishes it (readers see the old result or the new one).
     version = root / VERSIONS_DIR / f"{name}-{time.time_ns()}-{os.getpid()}"
     (version / ARRAYS_DIR).mkdir(parents=True)
-    pq.write_table(table, version / RESULT_TABLE, compression="zstd")
-    for key, value in (arrays or {}).items():
-        np.save(version / ARRAYS_DIR / f"{key}.npy", np.asarray(value))
-    full_meta = {
-        "name": name,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **dict(meta),
-    }
-    (version / RESULT_META).write_text(
-        json.dumps(full_meta, indent=2, default=_json_default) + "\n"
-    )
-    _fsync_tree(version)
+    try:  # a streamed table may take long to compute: an error or ^C leaves nothing behind
+        _write_table(table, version / RESULT_TABLE)
+        if callable(meta):
+            meta = meta()
+        for key, value in (arrays or {}).items():
+            np.save(version / ARRAYS_DIR / f"{key}.npy", np.asarray(value))
+        full_meta = {
+            "name": name,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **dict(meta),
+        }
+        (version / RESULT_META).write_text(
+            json.dumps(full_meta, indent=2, default=_json_default) + "\n"
+        )
+        _fsync_tree(version)
+    except BaseException:
+        shutil.rmtree(version, ignore_errors=True)
+        raise
     link = root / f".{name}.link-{os.getpid()}"
     link.unlink(missing_ok=True)
     os.symlink(os.path.relpath(version, root), link)
@@ -130,6 +138,23 @@ def write_result(
         _fsync_dir(root)
         _prune(root, name, keep=version.name)
     return final
+
+
+def _write_table(table: pa.Table | Iterable[pa.Table], path: Path) -> None:
+    if isinstance(table, pa.Table):
+        pq.write_table(table, path, compression="zstd")
+        return
+    writer = None
+    try:
+        for piece in table:
+            if writer is None:
+                writer = pq.ParquetWriter(path, piece.schema, compression="zstd")
+            writer.write_table(piece)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ConfigError("a streamed result table needs at least one piece (its schema)")
 
 
 def check_can_save(store: str | Path, name: str, *, overwrite: bool = False) -> None:

@@ -5,6 +5,9 @@
 * L0: mean number of non-zero codes per row (weighted mean with weights).
 * Dead-atom fraction: share of atoms with no non-zero code in the last ``window`` rows.
 * Cosine: mean cosine of ``x_i`` and ``x̂_i`` (weighted mean with weights).
+
+:class:`MetricsAccumulator` computes the same numbers block by block (the sparse analyses of a
+store never hold all rows at once); the functions here are its reference.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import scipy.sparse as sp
 from actstore.errors import ConfigError
 
 __all__ = [
+    "MetricsAccumulator",
     "dead_fraction",
     "explained_variance",
     "fvu",
@@ -187,3 +191,134 @@ def sparse_metrics(
         out["weighted_l0"] = l0(codes, weights)
         out["weighted_cosine"] = reconstruction_cosine(x, x_hat, weights)
     return out
+
+
+class _Moments:
+    """Weighted sums over blocks of rows; the variance by Chan et al.'s pairwise update
+    (block means, so no cancellation of large sums of squares)."""
+
+    def __init__(self, d: int) -> None:
+        self.w = 0.0
+        self.mean = np.zeros(d)
+        self.m2 = 0.0
+        self.resid = 0.0
+        self.cos = 0.0
+        self.nnz = 0.0
+
+    def add(self, x: FloatArray, x_hat: FloatArray, nnz: FloatArray, w: FloatArray) -> None:
+        a, b = np.asarray(x, np.float64), np.asarray(x_hat, np.float64)
+        wb = float(w.sum())
+        if wb <= 0.0:
+            return
+        mb = (w[:, None] * a).sum(0) / wb
+        m2b = float((w * ((a - mb) ** 2).sum(1)).sum())
+        delta = mb - self.mean
+        total = self.w + wb
+        self.m2 += m2b + float(delta @ delta) * self.w * wb / total
+        self.mean += delta * (wb / total)
+        self.w = total
+        self.resid += float((w * ((a - b) ** 2).sum(1)).sum())
+        den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cos = np.divide((a * b).sum(1), den, out=np.zeros(len(a)), where=den > 0)
+        self.cos += float((w * cos).sum())
+        self.nnz += float((w * nnz).sum())
+
+    def fvu(self) -> float:
+        if self.m2 == 0.0:
+            return 0.0 if self.resid == 0.0 else float("inf")
+        return round(self.resid / self.m2, 12)
+
+
+class MetricsAccumulator:
+    """:func:`sparse_metrics` over rows that arrive in blocks (memory independent of n).
+
+    Parameters
+    ----------
+    d : int
+        Row width.
+    n_atoms : int
+        Number of atoms (columns of the codes).
+    window : int or None
+        As in :func:`dead_fraction`.
+    weighted : bool
+        Blocks come with weights; ``weighted_*`` entries are added.
+
+    Examples
+    --------
+    >>> acc = MetricsAccumulator(2, 2)
+    >>> acc.add([[2, 0]], [[2, 1]], np.array([[1.0, 0]]))
+    >>> acc.add([[0, 4]], [[0, 3]], np.array([[0, 1.0]]))
+    >>> acc.result() == sparse_metrics([[2, 0], [0, 4]], [[2, 1], [0, 3]], np.eye(2))
+    True
+    """
+
+    def __init__(
+        self, d: int, n_atoms: int, *, window: int | None = None, weighted: bool = False
+    ) -> None:
+        if window is not None and window < 1:
+            raise ConfigError(f"window must be >= 1 rows, got {window}; pass a token count")
+        self.d, self.n_atoms, self.window = d, n_atoms, window
+        self.n_rows = 0
+        self.nnz = 0
+        self._plain = _Moments(d)
+        self._weighted = _Moments(d) if weighted else None
+        self._last_used = np.full(n_atoms, -1, np.int64)
+
+    def add(
+        self,
+        x: npt.ArrayLike,
+        x_hat: npt.ArrayLike,
+        codes: Any,
+        weights: npt.ArrayLike | None = None,
+    ) -> None:
+        """Take the next block: rows ``x``, reconstructions ``x_hat``, ``codes`` (and weights
+        when the accumulator is weighted)."""
+        a, b = np.asarray(x), np.asarray(x_hat)
+        if a.ndim != 2 or a.shape != b.shape or len(a) == 0:
+            raise ConfigError(
+                f"expected X and X_hat of one shape (n_rows >= 1, d), got {a.shape} and "
+                f"{b.shape}; reconstruct every row you evaluate"
+            )
+        c = sp.csr_array(codes)
+        c.eliminate_zeros()
+        if c.shape != (len(a), self.n_atoms) or a.shape[1] != self.d:
+            raise ConfigError(
+                f"expected a block of ({len(a)}, {self.d}) rows and ({len(a)}, {self.n_atoms}) "
+                f"codes, got {a.shape} and {c.shape}"
+            )
+        if (weights is None) != (self._weighted is None):
+            raise ConfigError("pass weights with every block exactly when weighted=True")
+        nnz = np.asarray(np.diff(c.indptr), np.float64)
+        w = None if self._weighted is None else _weights(weights, len(a))
+        for i in range(0, len(a), 4096):  # float64 temporaries of a few MiB at a time
+            part = slice(i, i + 4096)
+            self._plain.add(a[part], b[part], nnz[part], np.ones(len(a[part])))
+            if self._weighted is not None and w is not None:
+                self._weighted.add(a[part], b[part], nnz[part], w[part])
+        rows_of = np.repeat(np.arange(len(a), dtype=np.int64), np.diff(c.indptr))
+        np.maximum.at(self._last_used, c.indices, self.n_rows + rows_of)
+        self.n_rows += len(a)
+        self.nnz += int(c.nnz)
+
+    def result(self) -> dict[str, float]:
+        """The metrics of every row added so far (keys as :func:`sparse_metrics`)."""
+        if self.n_rows == 0:
+            raise ConfigError("no rows were added; evaluate at least one row")
+        first = 0 if self.window is None else max(0, self.n_rows - self.window)
+        used = int((self._last_used >= first).sum())
+        p = self._plain
+        out = {
+            "fvu": p.fvu(),
+            "explained_variance": round(1.0 - p.fvu(), 12),
+            "l0": p.nnz / p.w,
+            "dead_fraction": round((self.n_atoms - used) / self.n_atoms, 12),
+            "cosine": p.cos / p.w,
+        }
+        if (q := self._weighted) is not None:
+            if q.w <= 0.0:
+                raise ConfigError("weights must have a positive sum; pass token counts")
+            out["weighted_fvu"] = q.fvu()
+            out["weighted_explained_variance"] = round(1.0 - q.fvu(), 12)
+            out["weighted_l0"] = q.nnz / q.w
+            out["weighted_cosine"] = q.cos / q.w
+        return out

@@ -5,10 +5,16 @@ site (``hidden.6``: rows are token rows, optionally selected by SQL). Every func
 result ``results/<name>/``: the codes as the table ``(run, row, atom, value)`` (so
 ``SELECT row FROM <name> WHERE atom = 17`` works in :meth:`Store.sql`), the dictionary as the
 array ``dictionary`` (n_atoms, d), the coded ``rows``, and the metrics in ``meta.json``.
+
+Memory does not grow with the number of rows: training streams shuffled mini-batches, and the
+coding pass reads ``block_rows`` rows at a time, writes their codes to the result's Parquet
+file and adds them to a :class:`~actstore.query.sparse.metrics.MetricsAccumulator`.
+:attr:`SparseResult.codes` reads the codes back from the saved result when asked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +27,7 @@ from actstore.query._backend import Backend
 from actstore.query.results import check_can_save, read_result, write_result
 from actstore.query.rowstream import ArraySource, RowSource, StoreSource
 from actstore.query.sparse.dictlearn import DictionaryLearner, DictLearnConfig
-from actstore.query.sparse.metrics import sparse_metrics
+from actstore.query.sparse.metrics import MetricsAccumulator
 from actstore.query.sparse.pursuit import codes_table, lasso, omp, reconstruct
 from actstore.query.sparse.sae import SAEConfig, TopKSAE
 from actstore.query.store import Store
@@ -35,6 +41,9 @@ __all__ = [
     "sae_store",
 ]
 
+#: Rows coded at a time by the coding pass (read, code, write, score; then the next block).
+CODE_BLOCK_ROWS = 16384
+
 #: Sources that are per-vocabulary matrices (their rows are token ids).
 MATRICES = ("embed", "unembed")
 
@@ -44,14 +53,35 @@ class SparseResult:
     """What a sparse-coding run produced (also saved as result ``name``)."""
 
     name: str
-    codes: Any
-    """scipy sparse array of shape (n_rows, n_atoms)."""
+    store: Path
     rows: npt.NDArray[np.int64]
     """Token ids (matrix source) or global rows (site source), shape (n_rows,)."""
     dictionary: npt.NDArray[np.float32]
     """Atoms, shape (n_atoms, d)."""
     metrics: dict[str, float]
+    nnz: int
+    """Number of non-zero codes."""
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def codes(self) -> Any:
+        """scipy sparse array of shape (n_rows, n_atoms), read from the saved result (the
+        rows of the table are in the order of :attr:`rows`)."""
+        import scipy.sparse as sp
+
+        table, _, _ = read_result(self.store, self.name)
+        position = np.searchsorted(self.rows, table["row"].to_numpy(), sorter=self._order)
+        return sp.csr_array(
+            (
+                table["value"].to_numpy().astype(np.float32),
+                (self._order[position], table["atom"].to_numpy()),
+            ),
+            shape=(len(self.rows), len(self.dictionary)),
+        )
+
+    @property
+    def _order(self) -> npt.NDArray[np.int64]:
+        return np.argsort(self.rows, kind="stable").astype(np.int64)
 
 
 def _source(
@@ -112,26 +142,48 @@ def _own_atoms(
     return lookup[ids]
 
 
-def _save(
+Coder = Callable[[npt.NDArray[np.float32], slice], Any]
+"""Codes of a block of rows (the slice says which rows of the selection they are)."""
+
+
+def _code_and_save(
     s: Store,
     name: str,
     run: str,
-    res: SparseResult,
-    arrays: dict[str, Any] | None = None,
+    src: RowSource,
+    ids: npt.NDArray[np.int64],
+    D: npt.NDArray[np.float32],
+    encode: Coder,
+    decode: Callable[[Any], npt.NDArray[Any]],
     *,
+    meta: dict[str, Any],
+    block_rows: int,
+    weights: npt.NDArray[np.float64] | None = None,
+    window: int | None = None,
+    arrays: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> SparseResult:
-    meta = {**res.meta, "run": run, "metrics": res.metrics, "n_rows": len(res.rows)}
+    """Code every row in blocks, streaming the codes into result ``name``; save it."""
+    acc = MetricsAccumulator(src.d, len(D), window=window, weighted=weights is not None)
+
+    def tables() -> Iterator[Any]:
+        for a in range(0, src.n_rows, block_rows):
+            block = slice(a, min(a + block_rows, src.n_rows))
+            x = src.read(np.arange(block.start, block.stop, dtype=np.int64))
+            c = encode(x, block)
+            acc.add(x, decode(c), c, None if weights is None else weights[block])
+            yield codes_table(c, ids[block], run)
+
     write_result(
         s.path,
         name,
-        codes_table(res.codes, res.rows, run),
-        meta=meta,
-        arrays={"dictionary": res.dictionary, "rows": res.rows, **(arrays or {})},
+        tables(),
+        meta=lambda: {**meta, "run": run, "metrics": acc.result(), "n_rows": len(ids)},
+        arrays={"dictionary": D.astype(np.float32), "rows": ids, **(arrays or {})},
         overwrite=overwrite,
     )
-    res.meta = meta
-    return res
+    full = {**meta, "run": run, "metrics": acc.result(), "n_rows": len(ids)}
+    return SparseResult(name, s.path, ids, D.astype(np.float32), acc.result(), acc.nnz, full)
 
 
 def encode_store(
@@ -151,6 +203,7 @@ def encode_store(
     backend: Backend = "numpy",
     device: str | None = None,
     batch_rows: int = 1024,
+    block_rows: int = CODE_BLOCK_ROWS,
     window: int | None = None,
     overwrite: bool = False,
 ) -> SparseResult:
@@ -176,6 +229,11 @@ def encode_store(
         Weight metrics by the token's corpus count (matrix sources only).
     normalize : bool
         Scale atoms to unit norm first (codes are then relative to unit atoms).
+    batch_rows : int
+        Rows per pursuit batch (the unit of work on the backend).
+    block_rows : int
+        Rows read from the store at a time (memory is bounded by this, not by the number of
+        rows).
     window : int or None
         Dead-atom fraction over the last ``window`` rows.
 
@@ -191,16 +249,19 @@ def encode_store(
             D = D / np.maximum(np.linalg.norm(D, axis=1, keepdims=True), 1e-12)
         ex = _own_atoms(s, run, source, ids, dictionary) if exclude_self else None
         w = _weights(s, run, source, ids) if weights else None
-        X = src.read(np.arange(src.n_rows, dtype=np.int64))
-        if method == "omp":
-            codes = omp(X, D, k, exclude=ex, backend=backend, device=device, batch_rows=batch_rows)
-        elif method == "lasso":
-            codes = lasso(
-                X, D, lam, exclude=ex, backend=backend, device=device, batch_rows=batch_rows
-            )
-        else:
+        if method not in ("omp", "lasso"):
             raise ConfigError(f"method must be 'omp' or 'lasso', got {method!r}")
-        metrics = sparse_metrics(X, reconstruct(codes, D), codes, weights=w, window=window)
+
+        def encode(x: npt.NDArray[np.float32], block: slice) -> Any:
+            own = None if ex is None else ex[block]
+            if method == "omp":
+                return omp(
+                    x, D, k, exclude=own, backend=backend, device=device, batch_rows=batch_rows
+                )
+            return lasso(
+                x, D, lam, exclude=own, backend=backend, device=device, batch_rows=batch_rows
+            )
+
         meta = {
             "analysis": "sparse.encode",
             "source": source,
@@ -213,23 +274,21 @@ def encode_store(
             "weights": weights,
             "normalize": normalize,
         }
-        res = SparseResult(name, codes, ids, D.astype(np.float32), metrics, meta)
-        return _save(s, name, run, res, overwrite=overwrite)
-
-
-def _codes_blocks(
-    src: RowSource, enc: Any, dec: Any, block: int
-) -> tuple[Any, npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    import scipy.sparse as sp
-
-    codes, xs, xh = [], [], []
-    for a in range(0, src.n_rows, block):
-        x = src.read(np.arange(a, min(a + block, src.n_rows), dtype=np.int64))
-        c = enc(x)
-        codes.append(c)
-        xs.append(x)
-        xh.append(dec(c))
-    return sp.csr_array(sp.vstack(codes)), np.concatenate(xs), np.concatenate(xh)
+        return _code_and_save(
+            s,
+            name,
+            run,
+            src,
+            ids,
+            D,
+            encode,
+            lambda c: reconstruct(c, D),
+            meta=meta,
+            block_rows=block_rows,
+            weights=w,
+            window=window,
+            overwrite=overwrite,
+        )
 
 
 def learn_store(
@@ -254,10 +313,6 @@ def learn_store(
         D0 = load_dictionary(s, run, init) if init else None
         dl = DictionaryLearner(config).fit(src, dict_init=D0)
         D = dl.components_
-        codes, X, X_hat = _codes_blocks(
-            src, dl.encode, lambda c: reconstruct(c, D), config.block_rows
-        )
-        metrics = sparse_metrics(X, X_hat, codes, window=window)
         meta = {
             "analysis": "sparse.learn",
             "source": source,
@@ -266,8 +321,20 @@ def learn_store(
             "init": init,
             "n_steps": dl.n_steps_,
         }
-        res = SparseResult(name, codes, ids, D, metrics, meta)
-        return _save(s, name, run, res, overwrite=overwrite)
+        return _code_and_save(
+            s,
+            name,
+            run,
+            src,
+            ids,
+            D,
+            lambda x, _: dl.encode(x),
+            lambda c: reconstruct(c, D),
+            meta=meta,
+            block_rows=CODE_BLOCK_ROWS,
+            window=window,
+            overwrite=overwrite,
+        )
 
 
 def sae_store(
@@ -290,8 +357,6 @@ def sae_store(
     with Store(store) as s:
         src, ids, kind = _source(s, run, source, rows)
         sae = TopKSAE(config).fit(src)
-        codes, X, X_hat = _codes_blocks(src, sae.encode, sae.decode, config.block_rows)
-        metrics = sparse_metrics(X, X_hat, codes, window=window)
         meta = {
             "analysis": "sparse.sae",
             "source": source,
@@ -300,6 +365,19 @@ def sae_store(
             "scale": sae.scale_,
             "n_steps": sae.n_steps_,
         }
-        res = SparseResult(name, codes, ids, sae.components_, metrics, meta)
         arrays = {"W_enc": sae.W_enc_, "b_enc": sae.b_enc_, "b_dec": sae.b_dec_}
-        return _save(s, name, run, res, arrays, overwrite=overwrite)
+        return _code_and_save(
+            s,
+            name,
+            run,
+            src,
+            ids,
+            sae.components_,
+            lambda x, _: sae.encode(x),
+            sae.decode,
+            meta=meta,
+            block_rows=CODE_BLOCK_ROWS,
+            window=window,
+            arrays=arrays,
+            overwrite=overwrite,
+        )
