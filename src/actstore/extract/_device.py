@@ -89,6 +89,8 @@ class DeviceLoop:
             self.count.index_add_(0, token_ids, torch.ones_like(token_ids))
         for site in self.sites:
             x = outs[site]
+            if x.device != self.device:  # a device map: computed on another device
+                x = x.to(self.device)
             x = x.reshape(-1, x.shape[-1]).index_select(0, flat_t)
             if self.centroids:
                 self.sums[site].index_add_(0, token_ids, x.to(torch.float64))

@@ -25,6 +25,8 @@ IDENTITY_EXCLUDED = frozenset(
         "overwrite",
         "quiet",
         "device",
+        "device_map",
+        "max_memory",
         "checkpoint_seconds",
         "data",
         "data_format",
@@ -95,6 +97,13 @@ class ExtractConfig:
     """Model revision (branch, tag or commit) when loading from a hub cache."""
     device: str = "auto"
     """cuda, cuda:1, cpu, or auto (cuda when available)."""
+    device_map: str | None = None
+    """Spread a model larger than one device over several, the Hugging Face way
+    (accelerate): auto, balanced, balanced_low_0, sequential, or a JSON object
+    {"module.path": device}; each site is captured where it is computed."""
+    max_memory: str | None = None
+    """With device_map: a JSON object of memory caps per device, e.g.
+    {"0": "70GiB", "1": "70GiB", "cpu": "200GiB"}."""
     compute_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """dtype of the forward pass; auto: float32 on CPU, the checkpoint's half dtype on CUDA."""
     shard: int = 0
@@ -139,6 +148,12 @@ class ExtractConfig:
                 f"shard must be in 0..num_shards-1, got shard={self.shard} "
                 f"num_shards={self.num_shards}"
             )
+        if self.device_map is not None:
+            from actstore.extract._devicemap import parse_device_map
+
+            parse_device_map(self.device_map, self.max_memory, self.device)
+        elif self.max_memory is not None:
+            raise ConfigError("max_memory applies with device_map; add --device-map auto")
         self.layout()  # validates chunk/shard/codec
 
     def layout(self) -> Layout:

@@ -7,6 +7,7 @@ Sites and their capture live in :mod:`actstore.extract.sites`, the offline head 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -219,6 +220,8 @@ def load_model(
     device: str = "auto",
     compute_dtype: ComputeDType = "auto",
     trust_remote_code: bool = False,
+    device_map: str | None = None,
+    max_memory: str | None = None,
 ) -> LoadedModel:
     """Load a model and its fast tokenizer for extraction.
 
@@ -235,6 +238,10 @@ def load_model(
         bfloat16, else float32.
     trust_remote_code : bool, default False
         Passed to transformers (runs code from the model repository).
+    device_map, max_memory : str, optional
+        Place the model over several devices with accelerate (see
+        :func:`actstore.extract._devicemap.parse_device_map`); ``device`` must then be
+        ``"auto"``, and the batch goes to the device of the input embeddings.
 
     Returns
     -------
@@ -253,6 +260,11 @@ def load_model(
 
     folder = _resolve_source(model)
     source = str(folder) if folder is not None else model
+    placement: dict[str, Any] = {}
+    if device_map is not None:
+        from actstore.extract._devicemap import load_kwargs
+
+        placement = load_kwargs(device_map, max_memory)
     dev = _resolve_device(device)
     hint = (
         "check the folder or id and the revision; offline, download the model first and "
@@ -279,8 +291,10 @@ def load_model(
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # per-tensor bar
     try:
-        hf_model = auto_cls.from_pretrained(source, dtype=dtype, **kwargs)
+        hf_model = auto_cls.from_pretrained(source, dtype=dtype, **kwargs, **placement)
     except Exception as exc:
+        if placement:
+            shutil.rmtree(placement["offload_folder"], ignore_errors=True)
         raise ModelLoadError(
             f"cannot load the weights of model {model!r}: {_first_line(exc)}; {hint}"
         ) from exc
@@ -310,7 +324,13 @@ def load_model(
 
     hf_model.eval()
     hf_model.requires_grad_(False)
-    hf_model = hf_model.to(dev)  # type: ignore[arg-type]  # transformers' stub wraps .to
+    if placement:  # accelerate placed every module; the batch goes where the embeddings are
+        from actstore.extract._devicemap import input_device, remove_with
+
+        remove_with(hf_model, placement["offload_folder"])
+        dev = input_device(hf_model)
+    else:
+        hf_model = hf_model.to(dev)  # type: ignore[arg-type]  # transformers' stub wraps .to
     base: Any = hf_model.base_model
     if adapter is None:
         adapter = adapter_for(config, base)

@@ -191,6 +191,8 @@ def _extract(
         device=config.device,
         compute_dtype=config.compute_dtype,
         trust_remote_code=config.trust_remote_code,
+        device_map=config.device_map,
+        max_memory=config.max_memory,
     )
     sites = parse_sites(config.sites, lm)
     pooler = _pooler(config, lm)  # validates max_length against the tokenizer
