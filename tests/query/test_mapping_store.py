@@ -182,7 +182,11 @@ def test_cli_fit_eval_apply(store_copy: Path, tmp_path: Path, cli: CLI) -> None:
     for argv, code, msg in [
         ([*fit_argv, "--alphas", "-1"], 1, "alphas must be finite numbers >= 0"),
         ([*fit_argv, "--alphas", "a,b"], 2, "--alphas takes comma-separated numbers"),
-        ([*fit_argv, "--cv", "sometimes"], 2, "--cv must be one of gcv, loo, none or a whole"),
+        (
+            [*fit_argv, "--cv", "sometimes"],
+            2,
+            "--cv must be one of auto, gcv, loo, none or a whole",
+        ),
         (["map", "eval", st, "nope"], 1, "no result 'nope'"),
         (
             ["map", "apply", st, "m", "--out", str(tmp_path / "p.txt")],
@@ -203,7 +207,7 @@ def test_embed_maps_hold_out_token_types(minilm_store: Path) -> None:
 
     spec = PairSpec("minilm", "embed", "hidden.1")
     assert resolved_split(spec, MapConfig()) == "type"
-    assert resolved_split(PairSpec("minilm", "hidden.0", "hidden.1"), MapConfig()) == "token"
+    assert resolved_split(PairSpec("minilm", "hidden.0", "hidden.1"), MapConfig()) == "doc"
     with actstore.open(minilm_store) as s:
         typed = fit_map(s, spec, MapConfig(alphas=(10.0,), cv=None))
         token = fit_map(s, spec, MapConfig(alphas=(10.0,), cv=None, split="token"))

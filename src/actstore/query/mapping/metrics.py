@@ -19,7 +19,8 @@ F64 = npt.NDArray[np.float64]
 
 
 class MetricsAccumulator:
-    """Streamed MSE, R² (overall and per output dim) and mean cosine of predictions.
+    """Streamed MSE, R² (overall and per output dim), Pearson r per output dim (averaged)
+    and mean cosine of predictions.
 
     Examples
     --------
@@ -35,6 +36,9 @@ class MetricsAccumulator:
         self.sse: F64 | None = None
         self.sy: F64 | None = None
         self.syy: F64 | None = None
+        self.sp: F64 | None = None
+        self.spp: F64 | None = None
+        self.syp: F64 | None = None
         self.ymin: F64 | None = None
         self.ymax: F64 | None = None
         self.cos = 0.0
@@ -46,8 +50,17 @@ class MetricsAccumulator:
         y, yh = np.asarray(Y, np.float64), np.asarray(Yhat, np.float64)
         if y.shape != yh.shape:
             raise MappingError(f"Y and Yhat shapes differ: {y.shape} vs {yh.shape}")
-        if self.sse is None or self.sy is None or self.syy is None:
-            self.sse, self.sy, self.syy = (np.zeros(y.shape[1]) for _ in range(3))
+        if (
+            self.sse is None
+            or self.sy is None
+            or self.syy is None
+            or self.sp is None
+            or self.spp is None
+            or self.syp is None
+        ):
+            self.sse, self.sy, self.syy, self.sp, self.spp, self.syp = (
+                np.zeros(y.shape[1]) for _ in range(6)
+            )
         if self.ymin is None or self.ymax is None:
             self.ymin = np.full(y.shape[1], np.inf)
             self.ymax = np.full(y.shape[1], -np.inf)
@@ -58,6 +71,9 @@ class MetricsAccumulator:
         self.sse += ((y - yh) ** 2).sum(0)
         self.sy += y.sum(0)
         self.syy += (y**2).sum(0)
+        self.sp += yh.sum(0)
+        self.spp += (yh**2).sum(0)
+        self.syp += (y * yh).sum(0)
         norms = np.linalg.norm(y, axis=1) * np.linalg.norm(yh, axis=1)
         dots = np.einsum("ij,ij->i", y, yh)
         self.cos += float(np.sum(np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)))
@@ -70,7 +86,8 @@ class MetricsAccumulator:
 
     def result(self, per_dim: bool = False) -> dict[str, Any]:
         """``mse``, ``r2`` (mean over dims, as sklearn's ``r2_score``), ``r2_weighted``
-        (variance-weighted, as ``r2_score(multioutput="variance_weighted")``), ``cosine``,
+        (variance-weighted, as ``r2_score(multioutput="variance_weighted")``), ``corr``
+        (Pearson r of prediction and target per dim, averaged; 0 for a constant one), ``cosine``,
         ``n``; ``r2_per_dim`` when asked; ``top1_agreement``
         and ``kl`` when head updates were made."""
         if self.sse is None or self.sy is None or self.syy is None or self.n == 0:
@@ -87,6 +104,7 @@ class MetricsAccumulator:
             r2_weighted = 1.0 if self.sse.sum() == 0 else 0.0
         out: dict[str, Any] = {
             "n": self.n,
+            "corr": _corr(self.n, self.sy, self.sp, self.spp, self.syp, sst),
             "mse": float(self.sse.sum() / (self.n * len(self.sse))),
             "r2": float(r2.mean()),
             "r2_weighted": r2_weighted,
@@ -98,6 +116,15 @@ class MetricsAccumulator:
             out["top1_agreement"] = self.head_agree / self.n
             out["kl"] = self.head_kl / self.n
         return out
+
+
+def _corr(n: int, sy: F64, sp: F64 | None, spp: F64 | None, syp: F64 | None, sst: F64) -> float:
+    """Mean Pearson r over dims from streamed sums (0 for a constant target or prediction)."""
+    if sp is None or spp is None or syp is None:
+        return 0.0
+    cov = syp - sy * sp / n
+    den = np.sqrt(sst * np.maximum(spp - sp**2 / n, 0.0))
+    return float(np.divide(cov, den, out=np.zeros_like(cov), where=den > 0).mean())
 
 
 def regression_metrics(

@@ -3,7 +3,7 @@ same tokens (embedding → layer, layer → layer, run A → run B), streamed fr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -15,6 +15,16 @@ from actstore.query._backend import Backend
 from actstore.query.head import Head
 from actstore.query.mapping.linmaps import LinearMap, identity_map, procrustes_map, reduced_rank_map
 from actstore.query.mapping.metrics import MetricsAccumulator, identity_metrics
+from actstore.query.mapping.pairs import (
+    EMBED,
+    Blocks,
+    PairRows,
+    PairSpec,
+    blocks_at,
+    iter_pairs,
+    pair_rows,
+    read_pairs,
+)
 from actstore.query.mapping.ridge import RidgeStats, check_alphas
 from actstore.query.mapping.ridgecv import RidgeMap
 from actstore.query.mapping.split import balanced_split, doc_split, type_split
@@ -35,32 +45,6 @@ Method = Literal["ridge", "procrustes", "rrr", "residual", "identity", "kl"]
 METHODS: tuple[str, ...] = ("ridge", "procrustes", "rrr", "residual", "identity", "kl")
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
-EMBED = "embed"
-
-
-@dataclass(frozen=True)
-class PairSpec:
-    """Which pairs ``(x_row → y_row)`` to map."""
-
-    run: str
-    """Run of X (and of Y unless ``y_run``)."""
-    x: str
-    """X site (``hidden.3``, ``module:...``) or ``embed``: the input embedding of each
-    row's token id."""
-    y: str
-    """Y site (or ``embed``)."""
-    y_run: str | None = None
-    """Another run for Y; rows are aligned by character span (last overlapping B token)."""
-    rows: str | None = None
-    """SQL whose first column is the X rows; default: all non-special tokens of ``run``."""
-    y_rows: str | None = None
-    """SQL for the Y rows of ``y_run`` or ``run`` (same length as ``rows``); default: the
-    X rows themselves (same run) or the aligned rows (``y_run``)."""
-
-    @property
-    def run_y(self) -> str:
-        """The run Y is read from."""
-        return self.y_run or self.run
 
 
 @dataclass(frozen=True)
@@ -72,8 +56,22 @@ class MapConfig:
     (ridge, then fine-tuned by KL of next-token distributions through Y's run's head)."""
     alphas: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
     """Ridge penalties to choose from (ridge; the first one for rrr/residual)."""
-    cv: Literal["gcv", "loo"] | int | None = "gcv"
-    """Alpha choice: gcv, loo, k folds (int) or None (one alpha)."""
+    cv: Literal["auto", "gcv", "loo"] | int | None = "auto"
+    """Alpha choice: k folds (int) grouped by cv_groups, gcv or loo (both leave out single
+    rows: cv_groups row), None (one alpha), or auto (cv_folds grouped folds; gcv when
+    cv_groups is row)."""
+    cv_groups: Literal["auto", "doc", "type", "row"] = "auto"
+    """What the alpha's CV holds out together: doc (whole documents), type (whole token
+    types), row (single rows), or auto (row for cv gcv/loo; else the split's grouping when
+    it is type or doc; else type when X is embed, else doc)."""
+    cv_folds: int = 5
+    """Folds of cv auto when the CV is grouped (at most one per group)."""
+    cv_scoring: Literal["mse", "r2", "corr"] = "mse"
+    """What the alpha's CV optimises: MSE pooled over held-out rows, or R² or Pearson r per
+    target averaged over folds (corr needs k-fold)."""
+    alpha_rule: Literal["best", "1se", "1sd"] = "best"
+    """Alpha from the CV scores: best, or the largest alpha within one standard error (1se)
+    or one standard deviation (1sd, himalaya's conservative) over folds of the best."""
     per_target: bool = False
     """Choose one alpha per output dimension."""
     rank: int = 16
@@ -89,10 +87,10 @@ class MapConfig:
     fit_intercept: bool = True
     """Fit an intercept (ridge, rrr, residual, identity)."""
     split: Literal["auto", "type", "token", "doc", "none"] = "auto"
-    """Validation split: type (whole token types held out: no type in both sets), token
-    (each type's occurrences divided, balanced per type: validation inputs of a per-type
-    X such as embed are then also training inputs), doc (whole documents), none, or auto
-    (type when X is embed, else token)."""
+    """Validation split: doc (whole documents held out), type (whole token types: no type in
+    both sets), token (each type's occurrences divided, balanced per type: tokens of one
+    document, and for a per-type X such as embed the same inputs, in both sets), none, or
+    auto (type when X is embed, else doc)."""
     k: int | None = None
     """Type / token split: at most k training examples per token id."""
     val_fraction: float = 0.2
@@ -103,6 +101,9 @@ class MapConfig:
     """numpy or torch (GPU when present) for the XᵀX accumulation."""
     batch_rows: int = 65536
     """Rows per streamed block."""
+    memory_mb: float = 1024.0
+    """Read the pairs once into memory when X and Y take at most this many MiB (float32),
+    else stream them from the store in blocks (at least once per pass)."""
     head_norm: bool = False
     """kl / head metrics: apply the stored final norm to Y-space vectors (not for hidden.L)."""
     kl_epochs: int = 1
@@ -116,22 +117,18 @@ class MapConfig:
         check_alphas(self.alphas)
         if self.split not in ("auto", "type", "token", "doc", "none"):
             raise ConfigError(f"split must be auto, type, token, doc or none, got {self.split!r}")
+        if self.cv_groups not in ("auto", "doc", "type", "row"):
+            raise ConfigError(f"cv_groups must be auto, doc, type or row, got {self.cv_groups!r}")
+        if self.cv in ("gcv", "loo") and self.cv_groups in ("doc", "type"):
+            raise ConfigError(
+                f"cv={self.cv} leaves out single rows, cv_groups={self.cv_groups} whole "
+                "groups: exact LOO and GCV are per row; use --cv auto or --cv K (grouped "
+                "k-fold) or --cv-groups row"
+            )
+        if self.cv_folds < 2:
+            raise ConfigError(f"cv_folds must be >= 2, got {self.cv_folds}")
         if self.batch_rows < 1:
             raise ConfigError(f"batch_rows must be >= 1, got {self.batch_rows}")
-
-
-@dataclass(frozen=True)
-class PairRows:
-    """Resolved pairs: X rows, Y rows, and the X rows' token and doc ids (all shape (n,))."""
-
-    x: I64
-    y: I64
-    token_id: I64
-    doc_id: I64
-
-    def take(self, idx: I64) -> PairRows:
-        """The pairs at positions ``idx``."""
-        return PairRows(self.x[idx], self.y[idx], self.token_id[idx], self.doc_id[idx])
 
 
 @dataclass(frozen=True)
@@ -149,81 +146,26 @@ class FittedMap:
         return self.map.predict(X)
 
 
-def _token_table(store: Store, run: str) -> tuple[I64, I64, npt.NDArray[np.bool_]]:
-    t = store.token_columns(run, "token_id", "doc_id", "special")
-    return (
-        np.asarray(t["token_id"], np.int64),
-        np.asarray(t["doc_id"], np.int64),
-        np.asarray(t["special"], bool),
-    )
-
-
-def pair_rows(store: Store, spec: PairSpec) -> PairRows:
-    """Resolve ``spec`` to row pairs.
-
-    Raises
-    ------
-    RunNotFoundError, QueryError
-        Unknown run, bad SQL.
-    MappingError
-        Empty selection, or X and Y selections of different lengths.
-    """
-    for run in {spec.run, spec.run_y}:
-        store.run_info(run)
-    tok, doc, special = _token_table(store, spec.run)
-    x = (
-        np.flatnonzero(~special).astype(np.int64)
-        if spec.rows is None
-        else store.rows(spec.run, spec.rows)
-    )
-    if spec.y_rows is not None:
-        y = store.rows(spec.run_y, spec.y_rows)
-    elif spec.y_run is not None:
-        al = store.align_last(spec.run, spec.y_run, x)
-        x, y = np.asarray(al["row_a"], np.int64), np.asarray(al["row_b"], np.int64)
-    else:
-        y = x
-    if len(x) != len(y):
-        raise MappingError(
-            f"X and Y row selections differ in length: {len(x)} vs {len(y)}; "
-            "select the same number of rows in both"
-        )
-    if not len(x):
-        raise MappingError("no rows to map: the selection is empty; check the rows SQL")
-    if x.min() < 0 or x.max() >= len(tok):
-        raise MappingError(f"X rows must be in 0..{len(tok) - 1} of run {spec.run!r}")
-    return PairRows(x, y, tok[x], doc[x])
-
-
-def _site_blocks(store: Store, run: str, site: str, rows: I64, batch_rows: int) -> Iterator[F32]:
-    if site == EMBED:
-        emb = store.matrix(run, EMBED)
-        tok, _, _ = _token_table(store, run)
-        for a in range(0, len(rows), batch_rows):
-            yield emb[tok[rows[a : a + batch_rows]]]
-        return
-    n_rows = int(store.run_info(run)["counts"]["rows"])
-    whole = len(rows) == n_rows and bool(np.array_equal(rows, np.arange(n_rows)))
-    sel = None if whole else rows
-    for _, x in store.iter_vectors(run, site, sel, batch_rows=batch_rows, dtype=np.float32):
-        yield x
-
-
-def iter_pairs(
-    store: Store, spec: PairSpec, rows: PairRows, batch_rows: int = 65536
-) -> Iterator[tuple[F32, F32]]:
-    """Stream ``(X_block, Y_block)`` float32 pairs for ``rows``, in order."""
-    xs = _site_blocks(store, spec.run, spec.x, rows.x, batch_rows)
-    ys = _site_blocks(store, spec.run_y, spec.y, rows.y, batch_rows)
-    yield from zip(xs, ys, strict=True)
-
-
 def resolved_split(spec: PairSpec, cfg: MapConfig) -> str:
     """The split ``cfg.split`` means for ``spec``: ``auto`` is ``type`` for X = embed (one
-    vector per token type), else ``token``."""
+    vector per token type), else ``doc`` (tokens of one document are correlated)."""
     if cfg.split != "auto":
         return cfg.split
-    return "type" if spec.x == EMBED else "token"
+    return "type" if spec.x == EMBED else "doc"
+
+
+def resolved_cv_groups(spec: PairSpec, cfg: MapConfig) -> str:
+    """What ``cfg.cv_groups`` means for ``spec``: ``auto`` is ``row`` for cv gcv / loo /
+    None, else the split's grouping when it is ``type`` or ``doc``, else ``type`` for X =
+    embed and ``doc`` otherwise."""
+    if cfg.cv_groups != "auto":
+        return cfg.cv_groups
+    if cfg.cv in ("gcv", "loo", None):
+        return "row"
+    split = resolved_split(spec, cfg)
+    if split in ("type", "doc"):
+        return split
+    return "type" if spec.x == EMBED else "doc"
 
 
 def _split(rows: PairRows, cfg: MapConfig, split: str) -> tuple[I64, I64]:
@@ -248,11 +190,15 @@ def fit_map(
     """Fit a map on the training split of ``spec``'s rows and score it on train and val;
     with ``save=NAME`` also save it as result ``NAME`` (see :func:`save_map`).
 
+    The rows are read once when they fit ``config.memory_mb``, else streamed per pass.
+
     Returns
     -------
     FittedMap
-        ``metrics["train"]`` / ``metrics["val"]`` (MSE, R², cosine, ...),
-        ``metrics["map"]`` (‖W-I‖_F, diagonal, alpha, ...).
+        ``metrics["train"]`` / ``metrics["val"]`` (MSE, R², Pearson r, cosine, ...; val
+        also names its ``split_mode``), ``metrics["map"]`` (‖W-I‖_F, diagonal, alpha and
+        how it was chosen: ``cv``, ``cv_groups``, ``cv_folds``, ``cv_scoring``,
+        ``alpha_rule``, ``cv_score``, ...).
 
     Raises
     ------
@@ -269,20 +215,13 @@ def fit_map(
     if not len(tr_idx):
         raise MappingError("the training split is empty; lower val_fraction or select more rows")
     train = rows.take(tr_idx)
-
-    def blocks() -> Iterator[tuple[F32, F32]]:
-        return iter_pairs(store, spec, train, cfg.batch_rows)
+    data = read_pairs(store, spec, rows, cfg.memory_mb)
+    blocks = blocks_at(store, spec, rows, tr_idx, data, cfg.batch_rows)
 
     arrays: dict[str, npt.NDArray[Any]] = {}
+    info: dict[str, Any] = {}
     if cfg.method in ("ridge", "kl"):
-        rm = RidgeMap(
-            cfg.alphas, cfg.cv, cfg.per_target, cfg.fit_intercept, cfg.backend, cfg.seed
-        ).fit_blocks(blocks)
-        lm = LinearMap(rm.coef_, rm.intercept_, {"alpha": float(np.mean(rm.alpha_))})
-        arrays["alpha"] = np.atleast_1d(rm.alpha_)
-        arrays["alphas"] = np.asarray(cfg.alphas, np.float64)
-        if rm.cv_errors_ is not None:
-            arrays["cv_errors"] = rm.cv_errors_
+        lm, info = _fit_ridge(spec, cfg, train, blocks, arrays)
         if cfg.method == "kl":
             from actstore.query.mapping.klmap import fit_kl_map
 
@@ -305,16 +244,14 @@ def fit_map(
                 fit_intercept=cfg.fit_intercept,
             )
     fitted = FittedMap(lm, spec, cfg, arrays=arrays)
-    hd = cfg.method == "kl"
+    hd = Head.from_store(store, spec.run_y, norm=cfg.head_norm) if cfg.method == "kl" else None
     metrics: dict[str, dict[str, Any]] = {
-        "map": {**lm.info, **identity_metrics(lm.coef), "split_mode": split},
-        "train": evaluate_map(store, fitted, rows=train, head=hd, head_norm=cfg.head_norm),
+        "map": {**lm.info, **info, **identity_metrics(lm.coef), "split_mode": split},
+        "train": _score(fitted, blocks(), hd),
     }
     if len(va_idx):
-        val = rows.take(va_idx)
-        metrics["val"] = evaluate_map(
-            store, fitted, rows=val, per_dim=True, head=hd, head_norm=cfg.head_norm
-        )
+        val_blocks = blocks_at(store, spec, rows, va_idx, data, cfg.batch_rows)
+        metrics["val"] = {**_score(fitted, val_blocks(), hd, per_dim=True), "split_mode": split}
         arrays["r2_per_dim_val"] = np.asarray(metrics["val"].pop("r2_per_dim"))
     fitted = replace(fitted, metrics=metrics)
     if save is not None:
@@ -322,6 +259,51 @@ def fit_map(
 
         save_map(store.path, save, fitted, overwrite=overwrite)
     return fitted
+
+
+def _fit_ridge(
+    spec: PairSpec,
+    cfg: MapConfig,
+    train: PairRows,
+    blocks: Blocks,
+    arrays: dict[str, npt.NDArray[Any]],
+) -> tuple[LinearMap, dict[str, Any]]:
+    """Ridge with alpha chosen by CV grouped as ``cfg.cv_groups`` says; fills ``arrays``
+    and returns the map and how its alpha was chosen."""
+    groups_kind = resolved_cv_groups(spec, cfg)
+    groups = {"doc": train.doc_id, "type": train.token_id}.get(groups_kind)
+    cv = cfg.cv
+    if cv == "auto" and groups is None:
+        cv = "gcv"
+    rm = RidgeMap(
+        cfg.alphas,
+        cv,
+        cfg.per_target,
+        cfg.fit_intercept,
+        cfg.backend,
+        cfg.seed,
+        scoring=cfg.cv_scoring,
+        alpha_rule=cfg.alpha_rule,
+        n_folds=cfg.cv_folds,
+    ).fit_blocks(blocks, groups=groups if cv is not None else None)
+    lm = LinearMap(rm.coef_, rm.intercept_, {"alpha": float(np.mean(rm.alpha_))})
+    arrays["alpha"] = np.atleast_1d(rm.alpha_)
+    arrays["alphas"] = np.asarray(cfg.alphas, np.float64)
+    if rm.cv_errors_ is not None:
+        arrays["cv_errors"] = rm.cv_errors_
+    if rm.cv_scores_ is not None and cfg.cv_scoring != "mse":
+        arrays["cv_scores"] = rm.cv_scores_
+    if rm.cv_fold_scores_ is not None:
+        arrays["cv_fold_scores"] = rm.cv_fold_scores_
+    info = {
+        "cv": rm.cv_,
+        "cv_groups": groups_kind if rm.cv_ != "none" else None,
+        "cv_folds": rm.n_folds_,
+        "cv_scoring": cfg.cv_scoring,
+        "alpha_rule": cfg.alpha_rule,
+        "cv_score": rm.cv_score_,
+    }
+    return lm, info
 
 
 def evaluate_map(
@@ -347,9 +329,17 @@ def evaluate_map(
     spec = spec or fitted.spec
     rows = rows if rows is not None else pair_rows(store, spec)
     hd = Head.from_store(store, spec.run_y, norm=head_norm) if head else None
+    return _score(fitted, iter_pairs(store, spec, rows, fitted.config.batch_rows), hd, per_dim)
+
+
+def _score(
+    fitted: FittedMap,
+    blocks: Iterable[tuple[F32, F32]],
+    hd: Head | None,
+    per_dim: bool = False,
+) -> dict[str, Any]:
     acc = MetricsAccumulator()
-    bs = fitted.config.batch_rows
-    for x, y in iter_pairs(store, spec, rows, bs):
+    for x, y in blocks:
         if x.shape[1] != fitted.map.coef.shape[0] or y.shape[1] != fitted.map.coef.shape[1]:
             raise MappingError(
                 f"the map is {fitted.map.coef.shape[0]} -> {fitted.map.coef.shape[1]}, the rows "
