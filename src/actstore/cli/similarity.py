@@ -122,6 +122,7 @@ def _cmd_cka(args: argparse.Namespace) -> None:
             rows=args.rows,
             max_rows=args.max_rows,
             measures=split_list(args.measures),
+            rsa_rows=args.rsa_rows,
             seed=args.seed,
             **_saving(args),
         )
@@ -217,10 +218,22 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--run-b", help="second run: compare across runs aligned by span")
     p.add_argument("--sites-b", type=split_list, help="sites of --run-b (default hidden.*)")
     p.add_argument("--rows", help="SQL selecting the rows (one run only)")
-    p.add_argument("--max-rows", type=int, default=5000, help="rows sampled (default: 5000)")
+    p.add_argument(
+        "--max-rows",
+        type=int,
+        default=5000,
+        help="compare a random sample of this many rows when the selection has more; "
+        "the output says so (rows_sampled) (default: 5000)",
+    )
     p.add_argument(
         "--measures",
         default="cka,cka_unbiased,rsa,procrustes",
         help="comma-separated measures (default: cka,cka_unbiased,rsa,procrustes)",
+    )
+    p.add_argument(
+        "--rsa-rows",
+        type=int,
+        help="run RSA on a random sample of this many of the compared rows (default: all "
+        "of them; more than 10,000 is refused)",
     )
     p.set_defaults(func=_cmd_cka)

@@ -24,9 +24,9 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(["logit_lens", "nearest", "nearest_tokens"], "similarity.nearest"),
     **dict.fromkeys(["Head", "apply_head"], "head"),
     **dict.fromkeys(
-        ["compare_runs", "compare_sites", "linear_cka", "procrustes_cosine", "rsa"],
-        "similarity.cka",
+        ["compare_runs", "compare_sites", "linear_cka", "procrustes_cosine"], "similarity.cka"
     ),
+    "rsa": "similarity.rsa",
     **dict.fromkeys(["MapConfig", "PairSpec", "evaluate_map", "fit_map"], "mapping.on_store"),
     **dict.fromkeys(["apply_map", "load_map", "save_map"], "mapping.saved"),
     "RidgeMap": "mapping.ridgecv",

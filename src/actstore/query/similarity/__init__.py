@@ -20,7 +20,6 @@ from actstore.query.similarity.cka import (
     compare_sites,
     linear_cka,
     procrustes_cosine,
-    rsa,
 )
 from actstore.query.similarity.nearest import logit_lens, nearest, nearest_tokens
 from actstore.query.similarity.pairwise import (
@@ -28,6 +27,7 @@ from actstore.query.similarity.pairwise import (
     mean_vector_stats,
     pairwise_cosine_stats,
 )
+from actstore.query.similarity.rsa import rsa
 
 __all__ = [
     "PairwiseStats",

@@ -1,6 +1,7 @@
 """Representation similarity of two sets of vectors on the same rows: linear CKA (biased and
-unbiased HSIC), RSA, and mean cosine after an orthogonal Procrustes fit; site x site for one
-run and site x site across two runs aligned by character span."""
+unbiased HSIC), RSA (:mod:`~actstore.query.similarity.rsa`), and mean cosine after an
+orthogonal Procrustes fit; site x site for one run and site x site across two runs aligned
+by character span."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from actstore.errors import ConfigError
+from actstore.query.similarity.rsa import RankedRDM, check_size, rsa
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -82,49 +84,6 @@ def linear_cka(X: npt.ArrayLike, Y: npt.ArrayLike, *, unbiased: bool = False) ->
     return float(xy / den) if den > 0 else 0.0
 
 
-def rsa(
-    X: npt.ArrayLike,
-    Y: npt.ArrayLike,
-    *,
-    n_sample: int = 1000,
-    method: Literal["spearman", "pearson"] = "spearman",
-    seed: int = 0,
-) -> float:
-    """Correlation of the cosine-dissimilarity matrices of two representations.
-
-    Parameters
-    ----------
-    X : array_like of shape (n, d1)
-    Y : array_like of shape (n, d2)
-    n_sample : int
-        Rows sampled at random when n is larger (the RDM has n_sample**2 / 2 entries).
-    method : {"spearman", "pearson"}
-    seed : int
-
-    Returns
-    -------
-    float
-
-    Examples
-    --------
-    >>> X = np.random.default_rng(0).standard_normal((30, 5))
-    >>> round(rsa(X, 2 * X), 6)
-    1.0
-    """
-    from scipy.spatial.distance import pdist
-    from scipy.stats import pearsonr, spearmanr
-
-    A, B = _pair(X, Y, 3)
-    if method not in ("spearman", "pearson"):
-        raise ConfigError(f"method must be 'spearman' or 'pearson', got {method!r}")
-    if len(A) > n_sample:
-        idx = np.random.default_rng(seed).choice(len(A), n_sample, replace=False)
-        A, B = A[idx], B[idx]
-    da, db = pdist(A, "cosine"), pdist(B, "cosine")
-    r = spearmanr(da, db)[0] if method == "spearman" else pearsonr(da, db)[0]
-    return float(r)
-
-
 def procrustes_cosine(X: npt.ArrayLike, Y: npt.ArrayLike) -> float:
     """Mean row cosine between ``X R`` and ``Y`` for the orthogonal ``R`` fitted by least
     squares (both centered; the narrower one zero-padded to the wider width).
@@ -150,9 +109,9 @@ def procrustes_cosine(X: npt.ArrayLike, Y: npt.ArrayLike) -> float:
 
 class _Prepared:
     """Per-matrix parts of the measures, computed once per site of a grid (the centered
-    matrix and its self-HSIC for CKA, the ranked RDM for RSA)."""
+    matrix and its self-HSIC for CKA, the ranked RDM of the RSA rows for RSA)."""
 
-    def __init__(self, X: Any, measures: tuple[str, ...], n_sample: int, seed: int) -> None:
+    def __init__(self, X: Any, measures: tuple[str, ...], rsa_rows: Any) -> None:
         A = np.asarray(X, np.float64)
         self.A = A
         if "cka" in measures:
@@ -160,14 +119,8 @@ class _Prepared:
             self.xx = float(((self.Ac.T @ self.Ac) ** 2).sum())
         if "cka_unbiased" in measures:
             self.hu = _hsic_unbiased(A, A)
-        if "rsa" in measures:
-            from scipy.spatial.distance import pdist
-            from scipy.stats import rankdata
-
-            S = A
-            if len(A) > n_sample:  # the same rows for every site: same n and seed
-                S = A[np.random.default_rng(seed).choice(len(A), n_sample, replace=False)]
-            self.rdm_ranks = rankdata(pdist(S, "cosine"))
+        if "rsa" in measures:  # the same rows for every site
+            self.rdm = RankedRDM(A if rsa_rows is None else A[rsa_rows])
 
     def measure(self, name: str, other: _Prepared) -> float:
         """``name`` between this matrix and ``other`` (rows aligned)."""
@@ -179,12 +132,15 @@ class _Prepared:
             xy = _hsic_unbiased(self.A, other.A)
             den = np.sqrt(self.hu * other.hu) if self.hu > 0 and other.hu > 0 else 0.0
             return float(xy / den) if den > 0 else 0.0
-        if name == "rsa":  # Spearman = Pearson of the ranks
-            return float(np.corrcoef(self.rdm_ranks, other.rdm_ranks)[0, 1])
+        if name == "rsa":
+            return self.rdm.spearman(other.rdm)
         return procrustes_cosine(self.A, other.A)
 
 
-def _sample_rows(store: Store, run: str, rows: Any, max_rows: int, seed: int) -> Any:
+def _sample_rows(
+    store: Store, run: str, rows: Any, max_rows: int, seed: int
+) -> tuple[npt.NDArray[np.int64], bool]:
+    """The rows compared, and whether they are a random sample (more than ``max_rows``)."""
     if rows is None:
         ids = np.flatnonzero(~store.token_columns(run, "special")["special"])
     else:
@@ -193,12 +149,16 @@ def _sample_rows(store: Store, run: str, rows: Any, max_rows: int, seed: int) ->
     if len(ids) < 4:
         raise ConfigError(f"the row selection has {len(ids)} rows; need at least 4")
     if len(ids) > max_rows:
-        ids = np.sort(np.random.default_rng(seed).choice(ids, max_rows, replace=False))
-    return ids
+        return np.sort(np.random.default_rng(seed).choice(ids, max_rows, replace=False)), True
+    return ids, False
 
 
 def _grid(
-    XA: dict[str, Any], XB: dict[str, Any], measures: tuple[str, ...], n_sample: int, seed: int
+    XA: dict[str, Any],
+    XB: dict[str, Any],
+    measures: tuple[str, ...],
+    n_sample: int | None,
+    seed: int,
 ) -> pd.DataFrame:
     import pandas as pd
 
@@ -212,10 +172,18 @@ def _grid(
             raise ConfigError(
                 f"site {name!r} gives shape {np.shape(X)}; every site needs the same >= {need} rows"
             )
-    prep_a = {s: _Prepared(X, measures, n_sample, seed) for s, X in XA.items()}
-    prep_b = (
-        prep_a if XB is XA else {s: _Prepared(X, measures, n_sample, seed) for s, X in XB.items()}
-    )
+    rsa_idx, rsa_cols = None, {}
+    if "rsa" in measures:
+        if n_sample is not None and n_sample < 3:
+            raise ConfigError(f"the RSA sample (n_sample, --rsa-rows) must be >= 3, got {n_sample}")
+        n_rsa = n if n_sample is None else min(n_sample, n)
+        n_rdms = len(XA) + (len(XB) if XB is not XA else 0)
+        check_size(n_rsa, n_rdms=n_rdms, option="n_sample=N (--rsa-rows N)")
+        if n_rsa < n:
+            rsa_idx = np.sort(np.random.default_rng(seed).choice(n, n_rsa, replace=False))
+        rsa_cols = {"rsa_rows": n_rsa, "rsa_sampled": n_rsa < n}
+    prep_a = {s: _Prepared(X, measures, rsa_idx) for s, X in XA.items()}
+    prep_b = prep_a if XB is XA else {s: _Prepared(X, measures, rsa_idx) for s, X in XB.items()}
     done: dict[tuple[str, str], dict[str, float]] = {}
     out = []
     for sa, pa_ in prep_a.items():
@@ -225,7 +193,7 @@ def _grid(
             else:
                 vals = {m: pa_.measure(m, pb) for m in measures}
                 done[(sa, sb)] = vals
-            out.append({"site_a": sa, "site_b": sb, "n_rows": len(pa_.A), **vals})
+            out.append({"site_a": sa, "site_b": sb, "n_rows": len(pa_.A), **vals, **rsa_cols})
     return pd.DataFrame(out)
 
 
@@ -237,7 +205,7 @@ def compare_sites(
     rows: Any = None,
     max_rows: int = 5000,
     measures: tuple[str, ...] = MEASURES,
-    n_sample: int = 1000,
+    n_sample: int | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Every measure between every pair of ``sites`` of ``run`` on the same rows.
@@ -245,17 +213,33 @@ def compare_sites(
     Parameters
     ----------
     rows : row ids, SQL string or None
-        None uses the non-special rows; at most ``max_rows`` are sampled.
+        None uses the non-special rows.
+    max_rows : int
+        Rows compared: a random sample of this many when the selection has more
+        (``rows_sampled`` says so).
+    n_sample : int, optional
+        RSA on this many rows sampled from the compared ones; None (default) uses all of
+        them, and refuses more than :data:`~actstore.query.similarity.rsa.MAX_ROWS`.
+    seed : int
+        Seed of both samples.
 
     Returns
     -------
     pandas.DataFrame
-        One row per ``(site_a, site_b)``: ``n_rows`` and one column per measure.
+        One row per ``(site_a, site_b)``: ``n_rows``, ``rows_sampled``, one column per
+        measure, and with RSA ``rsa_rows`` and ``rsa_sampled``.
+
+    Raises
+    ------
+    ConfigError
+        Fewer than 4 rows, an unknown measure, RSA on too many rows.
     """
     sites = sites or [s for s in store.sites(run) if s.startswith("hidden.")]
-    ids = _sample_rows(store, run, rows, max_rows, seed)
+    ids, sampled = _sample_rows(store, run, rows, max_rows, seed)
     X = {s: store.vectors(run, s, ids, dtype=np.float32) for s in sites}
-    return _grid(X, X, measures, n_sample, seed)
+    df = _grid(X, X, measures, n_sample, seed)
+    df.insert(3, "rows_sampled", sampled)
+    return df
 
 
 def compare_runs(
@@ -267,20 +251,22 @@ def compare_runs(
     *,
     max_rows: int = 5000,
     measures: tuple[str, ...] = MEASURES,
-    n_sample: int = 1000,
+    n_sample: int | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Every measure between sites of two runs over the same docs, rows paired by span.
 
-    Each non-special row of ``run_a`` is paired with the last ``run_b`` token overlapping
-    its character span (:meth:`Store.align_last`).
+    Each non-special row of ``run_a`` (a random ``max_rows`` of them when there are more)
+    is paired with the last ``run_b`` token overlapping its character span
+    (:meth:`Store.align_last`). ``n_sample`` as in :func:`compare_sites`.
 
     Returns
     -------
     pandas.DataFrame
-        One row per ``(site_a, site_b)``: ``n_rows`` and one column per measure.
+        One row per ``(site_a, site_b)``: ``n_rows``, ``rows_sampled``, one column per
+        measure, and with RSA ``rsa_rows`` and ``rsa_sampled``.
     """
-    ids = _sample_rows(store, run_a, None, max_rows, seed)
+    ids, sampled = _sample_rows(store, run_a, None, max_rows, seed)
     pairs = store.align_last(run_a, run_b, ids)
     if len(pairs) < 4:
         raise ConfigError(
@@ -292,4 +278,6 @@ def compare_runs(
     sites_b = sites_b or [s for s in store.sites(run_b) if s.startswith("hidden.")]
     XA = {f"{run_a}:{s}": store.vectors(run_a, s, ra, dtype=np.float32) for s in sites_a}
     XB = {f"{run_b}:{s}": store.vectors(run_b, s, rb, dtype=np.float32) for s in sites_b}
-    return _grid(XA, XB, measures, n_sample, seed)
+    df = _grid(XA, XB, measures, n_sample, seed)
+    df.insert(3, "rows_sampled", sampled)
+    return df

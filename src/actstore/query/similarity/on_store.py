@@ -306,6 +306,7 @@ def cka_result(
     rows: str | None = None,
     max_rows: int = 5000,
     measures: Sequence[str] = ("cka", "cka_unbiased", "rsa", "procrustes"),
+    rsa_rows: int | None = None,
     seed: int = 0,
     save: str | None = None,
     overwrite: bool = False,
@@ -313,18 +314,36 @@ def cka_result(
 ) -> AnalysisResult:
     """CKA / RSA / Procrustes between sites of ``run``, or between ``run`` and ``run_b``
     (rows aligned by character span), saved and plotted as a heatmap of the first measure.
+
+    ``max_rows`` samples the compared rows when the selection has more; ``rsa_rows``
+    samples RSA's rows from those (None: RSA on all of them, refused over
+    :data:`~actstore.query.similarity.rsa.MAX_ROWS`). The table and the meta say how
+    many rows were used and whether they were sampled (``n_rows``, ``rows_sampled``,
+    ``rsa_rows``, ``rsa_sampled``).
     """
     _check_save(store, save, overwrite)
     from actstore.query.similarity.cka import compare_runs, compare_sites
 
     ms = tuple(measures)
+    opts: dict[str, Any] = {"max_rows": max_rows, "measures": ms, "n_sample": rsa_rows}
     if run_b:
-        df = compare_runs(
-            store, run, run_b, sites, sites_b, max_rows=max_rows, measures=ms, seed=seed
-        )
+        df = compare_runs(store, run, run_b, sites, sites_b, seed=seed, **opts)
     else:
-        df = compare_sites(store, run, sites, rows=rows, max_rows=max_rows, measures=ms, seed=seed)
-    meta: dict[str, Any] = {"analysis": "similarity.cka", "run": run, "run_b": run_b, "rows": rows}
+        df = compare_sites(store, run, sites, rows=rows, seed=seed, **opts)
+    meta: dict[str, Any] = {
+        "analysis": "similarity.cka",
+        "run": run,
+        "run_b": run_b,
+        "rows": rows,
+        "measures": list(ms),
+        "max_rows": max_rows,
+        "seed": seed,
+        "n_rows": int(df["n_rows"].iloc[0]),
+        "rows_sampled": bool(df["rows_sampled"].iloc[0]),
+    }
+    if "rsa" in ms:
+        meta["rsa_rows"] = int(df["rsa_rows"].iloc[0])
+        meta["rsa_sampled"] = bool(df["rsa_sampled"].iloc[0])
     if plot:
         from actstore.query.similarity.plots import plot_heatmap
 
