@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 from scipy.spatial.distance import pdist
+from scipy.stats import spearmanr
 
 import actstore
 from actstore.errors import (
@@ -25,6 +27,7 @@ from actstore.query.similarity.centroids import centroid_similarity, sink_scan, 
 from actstore.query.similarity.cka import compare_runs, compare_sites, linear_cka
 from actstore.query.similarity.nearest import logit_lens, nearest
 from actstore.query.similarity.pairwise import pairwise_cosine_stats
+from actstore.query.similarity.rsa import rsa
 
 from .conftest import CLI
 
@@ -172,6 +175,72 @@ def test_compare_sites_reference(store: Any) -> None:
         compare_sites(store, RUN, rows="SELECT row FROM tokens WHERE row < 0")
     with pytest.raises(ConfigError, match="unknown measure 'cca'"):
         compare_sites(store, RUN, ["hidden.1"], measures=("cca",), max_rows=50)
+
+
+def test_compare_sites_rsa_uses_every_compared_row(
+    store: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    df = compare_sites(store, RUN, ["hidden.1", "hidden.5"], max_rows=400, measures=("rsa",))
+    assert (df.n_rows == 400).all()
+    assert df.rows_sampled.all()
+    assert (df.rsa_rows == 400).all()
+    assert not df.rsa_sampled.any()
+    ids = np.sort(
+        np.random.default_rng(0).choice(
+            store.sql(
+                "SELECT row FROM tokens WHERE run=? AND NOT special ORDER BY row", [RUN]
+            ).first_column(),
+            400,
+            replace=False,
+        )
+    )
+    X, Y = (store.vectors(RUN, s, ids, dtype=np.float32) for s in ("hidden.1", "hidden.5"))
+    ref = spearmanr(pdist(X.astype(np.float64), "cosine"), pdist(Y.astype(np.float64), "cosine"))
+    got = df.set_index(["site_a", "site_b"]).rsa
+    assert got[("hidden.1", "hidden.5")] == pytest.approx(ref[0], abs=1e-9)
+    assert got[("hidden.1", "hidden.1")] == pytest.approx(1.0)
+    # sampling only when asked, and then said
+    df = compare_sites(store, RUN, ["hidden.1", "hidden.5"], max_rows=400, n_sample=150)
+    assert (df.rsa_rows == 150).all()
+    assert df.rsa_sampled.all()
+    assert (df.n_rows == 400).all()
+    sub = np.sort(np.random.default_rng(0).choice(400, 150, replace=False))
+    assert df.rsa.iloc[1] == pytest.approx(rsa(X[sub], Y[sub]), abs=1e-12)
+    # the printed table says it too
+    cli("similarity", "cka", str(store.path), "--sites", "hidden.1", "--max-rows", "100")
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split()[-3:] == ["procrustes", "rsa_rows", "rsa_sampled"]
+    assert header.split()[2:4] == ["n_rows", "rows_sampled"]
+    assert row.split()[-2:] == ["100", "False"]
+    cli(
+        "similarity",
+        "cka",
+        str(store.path),
+        "--sites",
+        "hidden.1,hidden.5",
+        "--max-rows",
+        "400",
+        "--rsa-rows",
+        "150",
+        "--json",
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert (out["rsa_rows"], out["rsa_sampled"], out["n_rows"], out["rows_sampled"]) == (
+        150,
+        True,
+        400,
+        True,
+    )
+    assert out["rows"][1]["rsa"] == pytest.approx(df.rsa.iloc[1])
+    # over the limit: refused with the option to use, not sampled
+    rsa_mod = importlib.import_module("actstore.query.similarity.rsa")
+    monkeypatch.setattr(rsa_mod, "MAX_ROWS", 300)
+    with pytest.raises(ConfigError, match=r"RSA on 400 rows .*--rsa-rows N"):
+        compare_sites(store, RUN, ["hidden.1"], max_rows=400)
+    assert actstore.cli.main(["similarity", "cka", str(store.path), "--max-rows", "400"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "--rsa-rows N" in err
 
 
 def test_compare_runs_aligned_by_span(syn_store: Path) -> None:
