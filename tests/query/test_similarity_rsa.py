@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 from scipy.spatial.distance import pdist
-from scipy.stats import pearsonr, spearmanr
+from scipy.stats import pearsonr, rankdata, spearmanr
 
 from actstore.errors import ConfigError
 from actstore.query.similarity.rsa import RankedRDM, rdm, rsa
@@ -59,6 +59,24 @@ def test_ties_get_their_average_rank() -> None:
     assert rsa(X, Y, metric="euclidean") == pytest.approx(spearmanr(dx, dy)[0], abs=1e-12)
     # all entries tied: no rank variance, so no correlation
     assert np.isnan(RankedRDM(np.eye(5)).spearman(RankedRDM(np.eye(5))))
+
+
+@pytest.mark.parametrize("case", ["ulps", "repeats", "wide", "constant", "two"])
+def test_ranks_equal_rankdata(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The integer-key sort keeps exact order where values are closer than its fixed point
+    (neighbours one ulp apart, equal values, a range of 1e300)."""
+    rng = np.random.default_rng(11)
+    d = {
+        "ulps": np.r_[1 + np.arange(2000) * 2.2e-16, np.full(9, 1.0), rng.random(3000)],
+        "repeats": np.repeat(rng.random(60), 7),
+        "wide": np.r_[1e300, -1e-300, 0.0, 0.0, 5e-324, rng.standard_normal(500) * 1e-8],
+        "constant": np.full(40, 0.25),
+        "two": np.array([2.0, 1.0]),
+    }[case]
+    rng.shuffle(d)
+    monkeypatch.setattr(rsa_mod, "_BLOCK", 1000)  # keys built over several blocks
+    ranks = rsa_mod._centered_ranks(d.copy())
+    np.testing.assert_array_equal(ranks, 2 * rankdata(d) - (len(d) + 1))
 
 
 def test_matches_rsatoolbox() -> None:

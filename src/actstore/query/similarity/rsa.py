@@ -145,12 +145,54 @@ def rdm(X: npt.ArrayLike, metric: Metric = "cosine") -> F64:
     return _rdm(*_prepare(X, metric), metric)
 
 
+def _order(d: F64) -> npt.NDArray[np.int64]:
+    """An ``argsort`` of ``d`` (ties in any order) by one sort of 64-bit keys: each value as
+    fixed point over ``[min, max]`` in the top bits, its index in the bottom ones. NumPy
+    sorts plain integers several times faster than it argsorts (~0.3 s against ~1.4 s for
+    12.5 M entries). The key is monotone in the value, so only entries whose value bits
+    collide (values closer than the fixed point's step) can be out of order, and those
+    runs are then ordered by their full values."""
+    m = len(d)
+    ib = max(1, (m - 1).bit_length())
+    vb = min(64 - ib, 52)  # value bits: no more than float64 resolves
+    lo, hi = float(d.min()), float(d.max())
+    if not hi > lo:
+        return np.arange(m, dtype=np.int64)
+    cap = 2.0**vb - 1
+    scale, shift = cap / (hi - lo), np.uint64(ib)
+    key = np.empty(m, np.uint64)
+    for s in range(0, m, _BLOCK):
+        t = d[s : s + _BLOCK] - lo
+        t *= scale
+        np.minimum(t, cap, out=t)  # rounding may reach 2**vb
+        k = t.astype(np.uint64)
+        k <<= shift
+        k |= np.arange(s, s + len(t), dtype=np.uint64)
+        key[s : s + _BLOCK] = k
+    key.sort()
+    top = key >> shift
+    same = top[1:] == top[:-1]
+    del top
+    key &= np.uint64((1 << ib) - 1)
+    order = key.view(np.int64)
+    if same.any():
+        runs = np.zeros(m, bool)
+        runs[:-1] |= same
+        runs[1:] |= same
+        at = np.flatnonzero(runs)
+        first = np.ones(len(at), bool)
+        first[1:] = ~same[at[1:] - 1]
+        sub = order[at]
+        order[at] = sub[np.lexsort((d[sub], np.cumsum(first)))]
+    return order
+
+
 def _centered_ranks(d: F64) -> npt.NDArray[np.signedinteger[Any]]:
     """``2 * rank - (m + 1)`` of each entry of ``d`` (ties share their average rank, as
     :func:`scipy.stats.rankdata`): integers, exact, with mean 0."""
     m = len(d)
     dtype = np.int32 if m < 2**30 else np.int64
-    order = np.argsort(d)
+    order = _order(d)
     s = d[order]
     new = np.empty(m, bool)
     new[:1] = True
