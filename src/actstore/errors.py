@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "CorpusError",
     "EmptyCorpusError",
+    "EngineError",
     "FloatOverflowError",
     "FormatVersionError",
     "MappingError",
@@ -45,6 +46,11 @@ class CorpusError(ActstoreError, ValueError):
 
 class EmptyCorpusError(CorpusError):
     """The corpus holds no document with any text."""
+
+
+class EngineError(ActstoreError, RuntimeError):
+    """The engine running a run's parts failed them: a Ray worker died more often than
+    ``max_retries`` allows, or the cluster went away. Finished parts and checkpoints stay."""
 
 
 class ModelLoadError(ActstoreError, OSError):

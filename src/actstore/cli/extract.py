@@ -37,10 +37,13 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     from actstore.extract.runner import extract
 
     config = ExtractConfig(**values)
-    shard = f" [{config.shard}/{config.num_shards}]" if config.num_shards > 1 else ""
-    with ProgressBar(f"extract {config.run}{shard}", disable=config.quiet) as bar:
-        result = extract(config, progress=bar)
-    summary = {
+    if config.engine == "local":
+        shard = f" [{config.shard}/{config.num_shards}]" if config.num_shards > 1 else ""
+        with ProgressBar(f"extract {config.run}{shard}", disable=config.quiet) as bar:
+            result = extract(config, progress=bar)
+    else:
+        result = extract(config)  # the engine's one bar: tokens/s, parts done
+    summary: dict[str, Any] = {
         "store": str(result.store),
         "run": result.run,
         "shard": result.shard,
@@ -49,6 +52,13 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         "counts": result.counts,
         "seconds": round(result.seconds, 3),
     }
+    if config.engine == "ray":
+        from actstore.extract.engine_ray import RayExtractResult
+
+        assert isinstance(result, RayExtractResult)
+        summary["engine"] = config.engine
+        summary["workers"] = result.workers
+        summary["parts"] = [dataclasses.asdict(p) for p in result.parts]
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

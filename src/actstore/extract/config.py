@@ -31,8 +31,16 @@ IDENTITY_EXCLUDED = frozenset(
         "data",
         "data_format",
         "text_field",
+        "engine",
+        "address",
+        "workers",
+        "gpus_per_worker",
+        "max_retries",
     }
 )
+
+#: Fields that only the Ray engine reads (refused with ``engine="local"``).
+RAY_ONLY = ("address", "workers", "gpus_per_worker")
 
 
 def check_run_name(name: str) -> str:
@@ -125,6 +133,21 @@ class ExtractConfig:
     batch), so a killed job loses at most about this much; the stored run is the same."""
     quiet: bool = False
     """No progress bar."""
+    engine: Literal["local", "ray"] = "local"
+    """Who runs the parts: local (this process runs part --shard), or ray (every part of
+    the run as a Ray task, retried when its worker dies; see docs/scale-out.md)."""
+    address: str | None = None
+    """Ray cluster to connect to (auto, or HOST:PORT); default: start a local Ray
+    instance sized to this machine. Only with engine ray."""
+    workers: int | None = None
+    """With engine ray: parts of the run, one Ray task each (the run's num_shards;
+    default: --num-shards); the cluster runs as many at once as its CPUs/GPUs allow."""
+    gpus_per_worker: float | None = None
+    """With engine ray: GPUs each task reserves (Ray's num_gpus); default 1 when the
+    cluster has GPUs and --device is not cpu, else 0."""
+    max_retries: int = 3
+    """With engine ray: times Ray reruns a part whose worker process died (the part
+    resumes from its last checkpoint)."""
 
     def __post_init__(self) -> None:
         check_run_name(self.run)
@@ -155,6 +178,37 @@ class ExtractConfig:
         elif self.max_memory is not None:
             raise ConfigError("max_memory applies with device_map; add --device-map auto")
         self.layout()  # validates chunk/shard/codec
+        self._check_engine()
+
+    def _check_engine(self) -> None:
+        if self.engine == "local":
+            given = [f"--{f.replace('_', '-')}" for f in RAY_ONLY if getattr(self, f) is not None]
+            if given:
+                raise ConfigError(
+                    f"{', '.join(given)}: only used with --engine ray; add it or drop them"
+                )
+        elif self.engine == "ray":
+            if self.workers is not None and self.workers < 1:
+                raise ConfigError(f"workers must be >= 1, got {self.workers}")
+            if self.workers is not None and self.num_shards not in (1, self.workers):
+                raise ConfigError(
+                    f"--workers {self.workers} and --num-shards {self.num_shards} disagree; "
+                    "with --engine ray, --workers is the run's number of parts: drop --num-shards"
+                )
+            if self.shard != 0:
+                raise ConfigError(
+                    "--engine ray runs every part of the run; drop --shard (or run that "
+                    "part alone with --engine local)"
+                )
+            if self.gpus_per_worker is not None and not self.gpus_per_worker >= 0:
+                raise ConfigError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
+            # one number of parts: the run's num_shards (its identity) is the workers
+            object.__setattr__(self, "workers", self.workers or self.num_shards)
+            object.__setattr__(self, "num_shards", self.workers)
+        else:
+            raise ConfigError(f"engine must be local or ray, got {self.engine!r}")
+        if self.max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}")
 
     def layout(self) -> Layout:
         """The Zarr layout these options ask for."""

@@ -44,7 +44,8 @@ class ExtractResult:
 
     store: Path
     run: str
-    shard: int
+    shard: int | None
+    """The part this job ran; None for a run of every part (``engine="ray"``)."""
     status: str
     """``committed`` (the run is visible), ``part-complete`` (waiting for other shards),
     or ``already-committed`` (nothing to do, or another shard's job committed it first)."""
@@ -137,6 +138,8 @@ def extract(
     Parameters
     ----------
     config : ExtractConfig
+        With ``engine="ray"``, every part of the run runs as a Ray task instead
+        (:func:`actstore.extract.engine_ray.extract_ray`).
     progress : callable or None
         Called with an :class:`~actstore.extract.progress.ExtractProgress` before the
         first batch and after every batch. None: a tqdm bar on stderr (none with
@@ -156,6 +159,10 @@ def extract(
         before is changed. A store folder this call created is removed again when the
         job fails before anything in it is durable.
     """
+    if config.engine == "ray":
+        from actstore.extract.engine_ray import extract_ray
+
+        return extract_ray(config, progress)
     store = Path(config.store)
     new_store = not store.exists()
     try:
