@@ -1,4 +1,5 @@
-"""Importing actstore stays cheap: torch and transformers load only when a model is."""
+"""Importing actstore stays cheap: torch and transformers load only when a model is (and
+Ray only when a run uses it)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 def test_import_does_not_load_torch(module: str) -> None:
     code = (
         f"import sys, {module}; "
-        "heavy = sorted({'torch', 'transformers', 'ml_dtypes', 'sklearn', 'scipy', 'matplotlib'}"
+        "heavy = sorted({'torch', 'transformers', 'ml_dtypes', 'sklearn', 'scipy', 'matplotlib',"
+        " 'ray'}"
         " & set(sys.modules)); "
         "assert not heavy, heavy"
     )

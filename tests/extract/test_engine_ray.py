@@ -9,6 +9,7 @@ by Ray, resumes from its checkpoint, and the run still ends the same, committed 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import signal
@@ -22,12 +23,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
-from actstore.errors import ConfigError
+from actstore.errors import ConfigError, EmptyCorpusError, EngineError
 from actstore.extract.config import ExtractConfig
 from actstore.extract.runner import ExtractResult, extract
 
 from .test_concurrency import assert_same_store, job_env, store_files
-from .test_extract import read_run
+from .test_extract import read_run, write_corpus
 from .test_resume import make_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,9 +144,10 @@ def check_result(result: ExtractResult, store: Path) -> None:
 def test_cli_starts_a_local_cluster_and_prints_the_summary(
     tiny_model_dirs: dict[str, Path], reference: Reference, tmp_path: Path
 ) -> None:
-    """No --address: the CLI starts (and stops) its own local Ray instance; one bar on
-    stderr with tokens/s and parts done; the --json summary of a local run plus the
-    engine's keys, every one documented in docs/outputs.md."""
+    """Three workers write the store their three part jobs write one by one. No
+    --address: the CLI starts (and stops) its own local Ray instance; one bar on stderr
+    with tokens/s and parts done; the --json summary of a local run plus the engine's
+    keys, every one documented in docs/outputs.md."""
     from tests.test_docs import _fields
 
     store = tmp_path / "s.acts"
@@ -171,32 +173,14 @@ def test_cli_starts_a_local_cluster_and_prints_the_summary(
     assert summary["workers"] == WORKERS
     assert [p["shard"] for p in summary["parts"]] == list(range(WORKERS))
     assert summary["rows"] == sum(p["rows"] for p in summary["parts"])
+    assert [p["attempts"] for p in summary["parts"]] == [1] * WORKERS
+    assert [p["status"] for p in summary["parts"]].count("committed") == 1
     want = copy.deepcopy(reference.parts)
     want["runs/r/run.json"]["config"]["quiet"] = False  # recorded as given
     assert_same_store(store, want)
+    assert_same_values(store, reference.single)
     text = (ROOT / "docs" / "outputs.md").read_text()
     assert sorted(f for f in _fields(summary) if f"`{f}`" not in text) == []
-
-
-@pytest.mark.slow
-def test_three_workers_write_the_store_their_parts_write_one_by_one(
-    ray_cluster: Any, tiny_model_dirs: dict[str, Path], reference: Reference, tmp_path: Path
-) -> None:
-    store = tmp_path / "s.acts"
-    config = ExtractConfig(
-        **options(tiny_model_dirs["bert"], reference.data, store),
-        engine="ray",
-        workers=WORKERS,
-    )
-    result = extract(config)
-    check_result(result, store)
-    assert [p.attempts for p in result.parts] == [1] * WORKERS
-    assert_same_store(store, reference.parts)
-    assert_same_values(store, reference.single)
-    # run again: nothing to do, every part finds the run committed
-    again = extract(config)
-    assert again.status == "already-committed"
-    assert_same_store(store, reference.parts)
 
 
 def _live(pid: int) -> bool:
@@ -205,6 +189,45 @@ def _live(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def run_in_thread(config: ExtractConfig) -> tuple[threading.Thread, dict[str, Any]]:
+    """``extract(config)`` in a thread; its result (or error) lands in the dict."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["result"] = extract(config)
+        except BaseException as e:
+            out["error"] = e
+
+    driver = threading.Thread(target=run)
+    driver.start()
+    return driver, out
+
+
+def kill_writer_mid_part(store: Path, part: int, driver: threading.Thread) -> None:
+    """SIGKILL the worker process writing ``part`` once the part has a checkpoint with
+    rows (the pid from the part's lock file, which names its holder)."""
+    progress = store / f"runs/r/parts/part-{part:04d}/progress.json"
+    lock = store / f".locks/r/part-{part:04d}.lock"
+    deadline = time.monotonic() + 300
+    while True:
+        assert driver.is_alive(), "the run ended before the kill"
+        assert time.monotonic() < deadline, f"part {part} never checkpointed"
+        try:
+            state = json.loads(progress.read_text())
+            holder = json.loads(lock.read_text())
+        except (FileNotFoundError, ValueError):
+            time.sleep(0.005)
+            continue
+        if state["rows"] > 0 and not state["complete"] and _live(holder["pid"]):
+            break
+        time.sleep(0.005)
+    assert holder["pid"] != os.getpid()
+    os.kill(holder["pid"], signal.SIGKILL)
+    state = json.loads(progress.read_text())
+    assert not state["complete"], f"part {part} ended before its worker was killed"
 
 
 @pytest.mark.slow
@@ -217,36 +240,8 @@ def test_a_worker_killed_mid_part_is_rerun_and_the_store_is_the_same(
         engine="ray",
         workers=WORKERS,
     )
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            out["result"] = extract(config)
-        except BaseException as e:
-            out["error"] = e
-
-    driver = threading.Thread(target=run)
-    driver.start()
-    # the victim: the worker writing part 1, once its part has a checkpoint (rows durable)
-    progress = store / "runs/r/parts/part-0001/progress.json"
-    lock = store / ".locks/r/part-0001.lock"
-    deadline = time.monotonic() + 300
-    pid = None
-    while pid is None:
-        assert driver.is_alive(), out
-        assert time.monotonic() < deadline, "part 1 never checkpointed"
-        try:
-            state = json.loads(progress.read_text())
-            holder = json.loads(lock.read_text())
-        except (FileNotFoundError, ValueError):
-            time.sleep(0.005)
-            continue
-        if state["rows"] > 0 and not state["complete"] and _live(holder["pid"]):
-            pid = holder["pid"]
-    assert pid != os.getpid()
-    os.kill(pid, signal.SIGKILL)
-    state = json.loads(progress.read_text())
-    assert not state["complete"], "part 1 ended before its worker was killed"
+    driver, out = run_in_thread(config)
+    kill_writer_mid_part(store, 1, driver)
     driver.join(timeout=600)
     assert "error" not in out, out
     result = out["result"]
@@ -254,6 +249,45 @@ def test_a_worker_killed_mid_part_is_rerun_and_the_store_is_the_same(
     assert [p.attempts for p in result.parts] == [1, 2, 1]
     assert_same_store(store, reference.parts)
     assert_same_values(store, reference.single)
+    # the same command again: nothing to do, every part finds the run committed
+    again = extract(config)
+    assert again.status == "already-committed"
+    assert {p.status for p in again.parts} == {"already-committed"}
+    assert_same_store(store, reference.parts)
+
+
+@pytest.mark.slow
+def test_no_retries_left_is_one_error_and_the_same_command_resumes(
+    ray_cluster: Any, tiny_model_dirs: dict[str, Path], reference: Reference, tmp_path: Path
+) -> None:
+    store = tmp_path / "s.acts"
+    kw = options(tiny_model_dirs["bert"], reference.data, store)
+    config = ExtractConfig(**kw, engine="ray", workers=WORKERS, max_retries=0)
+    driver, out = run_in_thread(config)
+    kill_writer_mid_part(store, 2, driver)
+    driver.join(timeout=600)
+    error = out.get("error")
+    assert isinstance(error, EngineError), out
+    assert str(error) == (
+        "part 2 of run 'r': its Ray worker died 1 time, more than --max-retries 0 allows; "
+        "its last checkpoint is kept: run the same command again to resume"
+    )
+    assert json.loads((store / "actstore.json").read_text())["runs"] == {}
+    assert json.loads((store / "runs/r/parts/part-0002/progress.json").read_text())["rows"] > 0
+    result = extract(dataclasses.replace(config, max_retries=3))
+    assert result.status == "committed"
+    assert_same_store(store, reference.parts)
+
+
+@pytest.mark.slow
+def test_an_error_in_a_part_is_the_part_s_own_error(
+    ray_cluster: Any, tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A part with no text (two records, three parts) fails as its local job would."""
+    data = write_corpus(tmp_path / "c.jsonl", ["the dog barks", "a cat"])
+    kw = options(tiny_model_dirs["bert"], data, tmp_path / "s.acts")
+    with pytest.raises(EmptyCorpusError, match=r"^no document with text in .* for shard \d/3"):
+        extract(ExtractConfig(**kw, engine="ray", workers=WORKERS))
 
 
 def _run_python(code: str) -> subprocess.CompletedProcess[str]:

@@ -159,7 +159,8 @@ def _summed(
 
 class _RunBar:
     """The driver's one bar: corpus records (averaged over the parts), the run's tokens/s
-    (every part's tokens over the time since the run started), parts done, restarts."""
+    (every part's tokens over the time since the first part's first batch), parts done,
+    restarts."""
 
     def __init__(self, desc: str, parts: int, *, disable: bool) -> None:
         self.desc, self.parts, self.disable = desc, parts, disable
@@ -286,11 +287,14 @@ def _progress(
     config: ExtractConfig, parts: int, progress: Callable[[ExtractProgress], None] | None
 ) -> Iterator[Callable[[dict[str, Any], dict[int, int]], None]]:
     """A function of (board snapshot, rows of each done part) that shows the progress."""
-    t0 = time.monotonic()
     bar = _RunBar(f"extract {config.run} [ray x{parts}]", parts, disable=config.quiet)
+    first: list[float] = []  # when the first report came (tokens/s counts from there)
 
     def show(snap: dict[str, Any], done: dict[int, int]) -> None:
-        p = _summed(snap, done, parts, time.monotonic() - t0)
+        if not snap["reports"]:
+            return
+        first[:] = first or [time.monotonic()]
+        p = _summed(snap, done, parts, time.monotonic() - first[0])
         if p is None:
             return
         if progress is not None:
@@ -317,10 +321,11 @@ def _result(ray: Any, ref: Any, shard: int, config: ExtractConfig) -> tuple[Extr
             f"{type(cause).__name__}: {cause}".splitlines()[0]
         ) from e
     except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as e:
+        died = config.max_retries + 1
         raise EngineError(
-            f"part {shard} of run {config.run!r}: its Ray worker died "
-            f"{config.max_retries + 1} times (--max-retries {config.max_retries}); its last "
-            "checkpoint is kept: run the same command again to resume"
+            f"part {shard} of run {config.run!r}: its Ray worker died {died} "
+            f"time{'s' if died > 1 else ''}, more than --max-retries {config.max_retries} "
+            "allows; its last checkpoint is kept: run the same command again to resume"
         ) from e
     except ray.exceptions.RayError as e:
         raise EngineError(
