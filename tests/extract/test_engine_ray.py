@@ -26,6 +26,8 @@ import pytest
 from actstore.errors import ConfigError, EmptyCorpusError, EngineError
 from actstore.extract.config import ExtractConfig
 from actstore.extract.runner import ExtractResult, extract
+from actstore.store.locks import held_parts
+from actstore.store.manifest import store_lock
 
 from .test_concurrency import assert_same_store, job_env, store_files
 from .test_extract import read_run, write_corpus
@@ -273,6 +275,8 @@ def test_no_retries_left_is_one_error_and_the_same_command_resumes(
         "its last checkpoint is kept: run the same command again to resume"
     )
     assert json.loads((store / "actstore.json").read_text())["runs"] == {}
+    with store_lock(store):  # the other parts' tasks were cancelled and have ended
+        assert list(held_parts(store, "r")) == []
     assert json.loads((store / "runs/r/parts/part-0002/progress.json").read_text())["rows"] > 0
     result = extract(dataclasses.replace(config, max_retries=3))
     assert result.status == "committed"

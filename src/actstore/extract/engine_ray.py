@@ -32,6 +32,7 @@ __all__ = ["PartOutcome", "RayExtractResult", "extract_ray"]
 
 _REPORT_SECONDS = 0.5  # a worker reports at most this often (and after its last batch)
 _POLL_SECONDS = 0.5  # the driver's bar refreshes this often
+_CANCEL_WAIT_SECONDS = 120.0  # for cancelled tasks to end (a part stops at its next batch)
 
 
 @dataclass(frozen=True)
@@ -247,10 +248,19 @@ def extract_ray(
                     done = {k: r.rows for k, (r, _) in results.items()}
                     show(ray.get(board.snapshot.remote()), done)
             except BaseException:
-                for ref in pending:
-                    ray.cancel(ref)
+                _cancel(ray, list(pending))
                 raise
     return _summary(config, results, time.perf_counter() - t0)
+
+
+def _cancel(ray: Any, refs: list[Any]) -> None:
+    """Cancel the tasks and wait for them to end (cancelling is asynchronous): a task
+    still running would hold its part's lock, and the same command run again at once
+    would find its part locked."""
+    for ref in refs:
+        ray.cancel(ref)
+    with contextlib.suppress(Exception):
+        ray.wait(refs, num_returns=len(refs), timeout=_CANCEL_WAIT_SECONDS)
 
 
 @contextlib.contextmanager
