@@ -74,15 +74,13 @@ class _Board:
     def __init__(self, parts: int) -> None:
         self.reports: dict[int, dict[str, Any]] = {}
         self.attempts = [0] * parts
-        self.pids: dict[int, int] = {}
         self.tokens_before = [0] * parts  # tokens of the part's earlier, dead attempts
 
-    def started(self, shard: int, pid: int) -> int:
-        """A task starts part ``shard`` in process ``pid``; its attempt number (1, 2, ...)."""
+    def started(self, shard: int) -> int:
+        """A task starts part ``shard``; its attempt number (1, 2, ...)."""
         if self.attempts[shard]:
             self.tokens_before[shard] += self.reports.get(shard, {}).get("tokens", 0)
         self.attempts[shard] += 1
-        self.pids[shard] = pid
         self.reports.pop(shard, None)
         return self.attempts[shard]
 
@@ -95,7 +93,6 @@ class _Board:
         return {
             "reports": dict(self.reports),
             "attempts": list(self.attempts),
-            "pids": dict(self.pids),
             "tokens": tokens,
         }
 
@@ -106,20 +103,25 @@ class _Reporter:
     def __init__(self, board: Any, shard: int, attempt: int) -> None:
         self.board, self.shard, self.attempt = board, shard, attempt
         self.last = 0.0
+        self.unsent: ExtractProgress | None = None
 
     def __call__(self, p: ExtractProgress) -> None:
-        now = time.monotonic()
-        if now - self.last < _REPORT_SECONDS:
-            return
-        self.last = now
-        self.board.report.remote(self.shard, self.attempt, dataclasses.asdict(p))
+        self.unsent = p
+        if time.monotonic() - self.last >= _REPORT_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the last progress not sent yet (the part's last batch, at its end)."""
+        if self.unsent is not None:
+            self.board.report.remote(self.shard, self.attempt, dataclasses.asdict(self.unsent))
+            self.unsent, self.last = None, time.monotonic()
 
 
 def _run_part(config: ExtractConfig, shard: int, cwd: str, board: Any) -> tuple[ExtractResult, int]:
     """One Ray task: the local part job ``shard`` of ``config``; its result and attempt."""
     import ray
 
-    attempt: int = ray.get(board.started.remote(shard, os.getpid()))
+    attempt: int = ray.get(board.started.remote(shard))
     local = dataclasses.replace(
         config,
         engine="local",
@@ -131,8 +133,10 @@ def _run_part(config: ExtractConfig, shard: int, cwd: str, board: Any) -> tuple[
     )
     # relative paths mean what they mean to the driver, as in a local job
     where = contextlib.chdir(cwd) if os.path.isdir(cwd) else contextlib.nullcontext()
+    reporter = _Reporter(board, shard, attempt)
     with where:
-        result = extract(local, progress=_Reporter(board, shard, attempt))
+        result = extract(local, progress=reporter)
+    reporter.flush()
     return result, attempt
 
 
