@@ -361,3 +361,24 @@ def test_engine_options_do_not_change_the_run_identity() -> None:
     sharded = ExtractConfig(model="m", data="d", store="s", run="r", engine="ray", num_shards=2)
     assert sharded.workers == 2
     assert ExtractConfig(model="m", data="d", store="s", run="r", engine="ray").workers == 1
+
+
+def test_an_address_nobody_listens_on_is_one_line_quickly(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    from actstore.errors import EngineError
+    from actstore.extract.engine_ray import _check_reachable
+
+    with socket.socket() as sock:  # a port that was free a moment ago
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(EngineError, match=f"cannot reach a Ray cluster at 127.0.0.1:{port}"):
+        _check_reachable(f"127.0.0.1:{port}")
+    assert time.monotonic() - t0 < 10
+    with socket.socket() as server:  # something listening: left to ray.init
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        _check_reachable(f"127.0.0.1:{server.getsockname()[1]}")
+    _check_reachable("auto")

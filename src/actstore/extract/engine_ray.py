@@ -278,6 +278,7 @@ def _connected(ray: Any, config: ExtractConfig) -> Iterator[None]:
     if config.address is None:
         kwargs |= {"address": "local", "num_cpus": _machine_cpus(), "include_dashboard": False}
     else:
+        _check_reachable(config.address)
         kwargs["address"] = config.address
     try:
         ray.init(**kwargs)
@@ -288,6 +289,23 @@ def _connected(ray: Any, config: ExtractConfig) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Refuse a ``HOST:PORT`` nothing listens on within ``timeout`` seconds (``ray.init``
+    would retry for minutes and ignore SIGTERM). ``auto`` and ``ray://`` are Ray's to find."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return
+    import socket
+
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise EngineError(
+            f"cannot reach a Ray cluster at {address} ({e.strerror or e}); start one with "
+            "ray start --head, or check the address (ray status prints it)"
+        ) from e
 
 
 def _machine_cpus() -> int:
