@@ -26,8 +26,10 @@ __all__ = [
     "RunNotFoundError",
     "SiteError",
     "SiteNotFoundError",
+    "StoreCorruptError",
     "StoreError",
     "StoreNotFoundError",
+    "StoreWriteError",
     "TokenNotFoundError",
 ]
 
@@ -74,6 +76,20 @@ class StoreError(ActstoreError, OSError):
 
 class StoreNotFoundError(StoreError, FileNotFoundError):
     """No store exists at the given path."""
+
+
+class StoreCorruptError(StoreError):
+    """A file of the store is damaged or missing: a checksum does not match, a shard file or
+    chunk is gone, a Parquet or JSON file is truncated, a record lacks its keys.
+
+    An :class:`OSError`, like :class:`gzip.BadGzipFile`: the bytes on disk are wrong, not
+    the caller's input. The message names the file and says how to repair the store.
+    """
+
+
+class StoreWriteError(StoreError):
+    """The store cannot be written: the disk is full, the file system is read-only, or
+    writing is not permitted. Nothing partial is left visible; re-run once it is fixed."""
 
 
 class FormatVersionError(StoreError):

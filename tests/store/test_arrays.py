@@ -9,11 +9,19 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from zarr.codecs import Crc32cCodec
 from zarr.storage import LocalStore
 
 from actstore.errors import StoreError
 from actstore.store._gather import MapCache, PartArray
-from actstore.store._shard import EMPTY, decode_index, dense_index, encode_index, index_nbytes
+from actstore.store._shard import (
+    EMPTY,
+    chunk_crc,
+    decode_index,
+    dense_index,
+    encode_index,
+    index_nbytes,
+)
 from actstore.store.arrays import Layout, RowArrayWriter
 from actstore.store.dtypes import LOGICAL_DTYPE_ATTR, physical_numpy_dtype, to_physical
 from actstore.store.format import StorageDType
@@ -47,6 +55,7 @@ def write_direct(root: Path, x: Any, dtype: StorageDType, layout: Layout, seed: 
 
 
 def write_with_zarr(root: Path, x: Any, dtype: StorageDType, layout: Layout) -> None:
+    """zarr-python's own sharded layout with a CRC32C after every inner chunk."""
     arr = zarr.create_array(
         store=LocalStore(root),
         name="a",
@@ -54,7 +63,7 @@ def write_with_zarr(root: Path, x: Any, dtype: StorageDType, layout: Layout) -> 
         chunks=(layout.chunk_rows, x.shape[1]),
         shards=(layout.shard_rows, x.shape[1]),
         dtype=physical_numpy_dtype(dtype),
-        compressors=None,
+        compressors=[Crc32cCodec()],
         fill_value=0,
         attributes={LOGICAL_DTYPE_ATTR: dtype},
     )
@@ -85,15 +94,20 @@ def test_direct_shards_are_byte_identical_to_zarr_python(
         else:
             assert len(ours[name]) == len(theirs[name]), name
             assert ours[name] == theirs[name], name
-    # and the bytes are the rows: whole chunks, zero-padded, then the index
+    # and the bytes are the rows: whole chunks, each then its CRC32C, zero-padded, then the
+    # index
     last = ours[f"c/{n_shards - 1}/0"]
     rows_in_last = n_rows - (n_shards - 1) * shard_rows
-    padded = -(-rows_in_last // chunk_rows) * chunk_rows
+    n_chunks = -(-rows_in_last // chunk_rows)
     row_bytes = d * x.dtype.itemsize
-    body = np.frombuffer(last[: padded * row_bytes], x.dtype).reshape(padded, d)
+    stored = chunk_rows * row_bytes + 4
+    raw = np.frombuffer(last[: n_chunks * stored], np.uint8).reshape(n_chunks, stored)
+    body = raw[:, :-4].copy().view(x.dtype).reshape(n_chunks * chunk_rows, d)
     np.testing.assert_array_equal(body[:rows_in_last], x[(n_shards - 1) * shard_rows :])
     assert not body[rows_in_last:].any()
-    assert len(last) == padded * row_bytes + index_nbytes(shard_rows // chunk_rows)
+    for chunk in raw:
+        assert chunk[-4:].tobytes() == chunk_crc(chunk[:-4].copy())
+    assert len(last) == n_chunks * stored + index_nbytes(shard_rows // chunk_rows)
 
 
 def test_empty_array_writes_no_shard(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from zarr.codecs import Crc32cCodec
 from zarr.storage import LocalStore
 
 from actstore.errors import (
@@ -19,6 +20,7 @@ from actstore.errors import (
     RowIndexError,
     RunNotFoundError,
     SiteNotFoundError,
+    StoreCorruptError,
     StoreError,
     StoreNotFoundError,
 )
@@ -119,13 +121,15 @@ def test_gather_property(store: Path, data: st.DataObject) -> None:
     assert same(r.gather("hidden.1", rows), ref[rows])
 
 
+@pytest.mark.parametrize("crc", [False, True], ids=["plain", "crc32c"])
 @pytest.mark.parametrize("index_location", ["end", "start"])
 @pytest.mark.parametrize("dtype", ["float32", "float16", "uint16", "int8"])
-def test_part_array_layouts(tmp_path: Path, index_location: str, dtype: str) -> None:
-    """Empty (fill) chunks, index at the start, chunks not dividing the rows."""
+def test_part_array_layouts(tmp_path: Path, index_location: str, dtype: str, crc: bool) -> None:
+    """Empty (fill) chunks, index at the start, chunks not dividing the rows, with and
+    without chunk checksums; a shard zarr-python left out is missing, not zeros."""
     n, d = 53, 5
     data = (np.arange(n * d).reshape(n, d) % 97 + 1).astype(dtype)
-    data[8:12] = 0  # a whole chunk of zeros: zarr does not write it
+    data[8:12] = 0  # a whole chunk of zeros: zarr does not write it (fill value)
     data[24:36] = 0  # a whole shard of zeros: no file at all
     arr = zarr.create_array(
         store=LocalStore(tmp_path),
@@ -134,23 +138,27 @@ def test_part_array_layouts(tmp_path: Path, index_location: str, dtype: str) -> 
         chunks=(4, d),
         shards={"shape": (12, d), "index_location": index_location},
         dtype=dtype,
-        compressors=None,
+        compressors=[Crc32cCodec()] if crc else None,
         fill_value=0,
     )
     arr[...] = data
     part = PartArray(tmp_path / "x", MapCache(max_open=2))
     assert part.fast
-    rows = np.arange(n)
-    out = np.empty((n, d), dtype)
+    rows = np.array([r for r in range(n) if not 24 <= r < 36])
+    out = np.empty((len(rows), d), dtype)
     part.take(rows, out)
-    assert np.array_equal(out, data)
-    sel = np.array([0, 9, 10, 25, 40, 52])
+    assert np.array_equal(out, data[rows])
+    sel = np.array([0, 9, 10, 40, 52])
     out = np.empty((len(sel), d), dtype)
     part.take(sel, out)
     assert np.array_equal(out, data[sel])
-    out = np.empty((30, d), dtype)
-    part.read(7, 37, out)
-    assert np.array_equal(out, data[7:37])
+    out = np.empty((17, d), dtype)
+    part.read(7, 24, out)
+    assert np.array_equal(out, data[7:24])
+    with pytest.raises(StoreCorruptError, match=r"shard file .*x/c/2/0 is missing"):
+        part.take(np.array([25]), np.empty((1, d), dtype))
+    with pytest.raises(StoreCorruptError, match=r"shard file .*x/c/2/0 is missing"):
+        part.read(7, 37, np.empty((30, d), dtype))
 
 
 def test_only_committed_runs_are_visible(tmp_path: Path) -> None:

@@ -1,20 +1,28 @@
 """The views of a store's SQL connection: ``docs``, ``tokens``, ``vocab``, ``runs``,
-``sites`` and one per saved result, each naming exactly the store files it reads."""
+``sites`` and one per saved result, each naming exactly the store files it reads.
+
+A damaged Parquet file never disables the other views: a run whose tokens or vocab file
+is damaged answers every query that reaches its rows with a
+:class:`~actstore.errors.StoreCorruptError` naming the file, and a damaged docs or result
+file does the same for its view (which is left out; the engine maps the missing name back).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from actstore.store.docs import LEGACY_RECORD_COLUMN, split_legacy
-from actstore.store.reader import StoreReader
+from actstore.store.format import TOKENS_COLUMNS
+from actstore.store.reader import StoreReader, parquet_problem
 
 if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
-__all__ = ["BUILTIN_VIEWS", "create_views"]
+__all__ = ["BUILTIN_VIEWS", "Views", "create_views"]
 
 #: The views every store has, whatever it holds.
 BUILTIN_VIEWS = ("docs", "tokens", "vocab", "runs", "sites")
@@ -31,6 +39,21 @@ _EMPTY_VOCAB = (
 _EMPTY_DOCS = (
     "SELECT NULL::BIGINT AS record, NULL::BIGINT AS doc_id, NULL::VARCHAR AS text, "
     "NULL::BOOLEAN AS empty, NULL::BIGINT AS repeat_of WHERE false"
+)
+#: DuckDB types of the tokens and vocab columns, in file order (tokens views union by
+#: position), for the stand-in part of a damaged run.
+_DUCKDB_TYPES = {"int64": "BIGINT", "int32": "INTEGER", "bool": "BOOLEAN"}
+_TOKENS_TYPES = {c: _DUCKDB_TYPES[t] for c, t in TOKENS_COLUMNS.items()}
+_VOCAB_TYPES = {
+    "token_id": "INTEGER",
+    "token": "VARCHAR",
+    "piece": "VARCHAR",
+    "special": "BOOLEAN",
+    "count": "BIGINT",
+}
+_FIX_DOCS = (
+    "the store is damaged: restore the file from a backup, or re-extract the run that wrote "
+    "it with --overwrite"
 )
 
 
@@ -77,29 +100,96 @@ def _docs_view(doc_files: list[list[Path]]) -> str:
     return f"SELECT {distinct}* FROM ({' UNION ALL BY NAME '.join(reads)}) ORDER BY record, doc_id"
 
 
-def create_views(
-    con: duckdb.DuckDBPyConnection, reader: StoreReader
-) -> tuple[list[str], dict[str, pa.Table], list[str]]:
-    """Create the store's views on ``con``: returns the view names, the in-memory tables
-    the connection refers to (keep them alive) and the paths DuckDB may read."""
+def _one_line(message: str) -> str:
+    """DuckDB's message without the echoed query and caret lines, on one line."""
+    kept = []
+    for line in message.splitlines():
+        if line.startswith("LINE "):
+            break
+        if line.strip():
+            kept.append(line.strip())
+    return " ".join(kept)
+
+
+@dataclass
+class Views:
+    """What :func:`create_views` made."""
+
+    names: list[str]
+    """The view names, built-in first."""
+    tables: dict[str, pa.Table]
+    """In-memory tables the connection refers to (keep them alive)."""
+    allowed: list[str]
+    """The paths (and their glob-escaped forms) DuckDB may read."""
+    damaged: list[str] = field(default_factory=list)
+    """Messages raised by the stand-in view parts of damaged files."""
+    absent: dict[str, str] = field(default_factory=dict)
+    """Views left out because their files are damaged (lower-case name → message)."""
+
+
+def _damage(con: duckdb.DuckDBPyConnection, files: Sequence[Path], fix: str) -> str | None:
+    """One line naming the first damaged file of ``files`` (None if all read): ends that are
+    not Parquet's, or a footer DuckDB cannot read."""
+    import duckdb
+
+    for f in files:
+        problem = parquet_problem(f)
+        if problem is not None:
+            return f"{f}: {problem}; {fix}"
+    try:
+        con.execute(f"DESCRIBE SELECT * FROM read_parquet({_files(files)}, union_by_name = true)")
+    except duckdb.Error as e:
+        msg = _one_line(str(e))
+        named = next((f for f in files if str(f) in msg), files[0])
+        return f"{named} is damaged ({msg}); {fix}"
+    return None
+
+
+def _damaged_part(run: str, columns: dict[str, str], message: str) -> str:
+    """A view part standing for ``run``'s rows of a damaged table: every query that reaches
+    them fails with ``message`` (a filter on ``run`` alone skips them)."""
+    err = f"error({_lit(message)})"
+    cols = ", ".join(f"{err}::{t} AS {_ident(c)}" for c, t in columns.items())
+    return f"SELECT {_lit(run)} AS run, {cols} WHERE {err} IS NULL"
+
+
+def create_views(con: duckdb.DuckDBPyConnection, reader: StoreReader) -> Views:
+    """Create the store's views on ``con`` (a file that does not read stands in as an
+    error, see the module docstring)."""
     import pyarrow as pa
 
     allowed: list[Path] = []
+    damaged: list[str] = []
+    absent: dict[str, str] = {}
     token_parts, vocab_parts, doc_files = [], [], []
     runs_rows: list[dict[str, Any]] = []
     sites_rows: list[dict[str, Any]] = []
     for name in reader.runs:
         run = reader.run(name)
+        fix = (
+            "the store is damaged: restore the file from a backup, or re-extract run "
+            f"{name!r} with --overwrite"
+        )
         if run.token_files:
-            allowed += run.token_files
-            token_parts.append(
-                f"SELECT {_lit(name)} AS run, * FROM read_parquet({_files(run.token_files)})"
-            )
+            bad = _damage(con, run.token_files, fix)
+            if bad is not None:
+                damaged.append(bad)
+                token_parts.append(_damaged_part(name, _TOKENS_TYPES, bad))
+            else:
+                allowed += run.token_files
+                token_parts.append(
+                    f"SELECT {_lit(name)} AS run, * FROM read_parquet({_files(run.token_files)})"
+                )
         if run.vocab_file is not None:
-            allowed.append(run.vocab_file)
-            vocab_parts.append(
-                f"SELECT {_lit(name)} AS run, * FROM read_parquet({_file(run.vocab_file)})"
-            )
+            bad = _damage(con, [run.vocab_file], fix)
+            if bad is not None:
+                damaged.append(bad)
+                vocab_parts.append(_damaged_part(name, _VOCAB_TYPES, bad))
+            else:
+                allowed.append(run.vocab_file)
+                vocab_parts.append(
+                    f"SELECT {_lit(name)} AS run, * FROM read_parquet({_file(run.vocab_file)})"
+                )
         doc_files.append(run.doc_files())
         meta = run.meta
         entry = reader.manifest["runs"][name]
@@ -127,7 +217,10 @@ def create_views(
                     "describes": s.get("describes", ""),
                 }
             )
-    allowed += [f for files in doc_files for f in files]
+    all_docs = [f for files in doc_files for f in files]
+    bad_docs = _damage(con, all_docs, _FIX_DOCS) if all_docs else None
+    if bad_docs is None:
+        allowed += all_docs
     con.execute(
         "CREATE VIEW tokens AS "
         + (" UNION ALL ".join(token_parts) if token_parts else _EMPTY_TOKENS)
@@ -136,7 +229,10 @@ def create_views(
         "CREATE VIEW vocab AS "
         + (" UNION ALL BY NAME ".join(vocab_parts) if vocab_parts else _EMPTY_VOCAB)
     )
-    con.execute("CREATE VIEW docs AS " + _docs_view(doc_files))
+    if bad_docs is None:
+        con.execute("CREATE VIEW docs AS " + _docs_view(doc_files))
+    else:
+        absent["docs"] = bad_docs
     runs_schema = pa.schema(
         [
             ("run", pa.string()),
@@ -170,8 +266,13 @@ def create_views(
     views = list(BUILTIN_VIEWS)
     for name, path in reader.result_files().items():
         view = name if name not in BUILTIN_VIEWS else f"result_{name}"
+        views.append(view)
+        bad = _damage(con, [path], f"the saved result {name!r} is damaged: save it again")
+        if bad is not None:
+            absent[view.lower()] = bad
+            continue
         allowed.append(path)
         con.execute(f"CREATE VIEW {_ident(view)} AS SELECT * FROM read_parquet({_file(path)})")
-        views.append(view)
     # DuckDB checks the pattern it is given as well as the files it matches
-    return views, tables, sorted({str(p) for p in allowed} | {_glob_escaped(p) for p in allowed})
+    paths = sorted({str(p) for p in allowed} | {_glob_escaped(p) for p in allowed})
+    return Views(views, tables, paths, damaged, absent)

@@ -5,7 +5,9 @@ table, CSV, JSON or Parquet.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -45,6 +47,19 @@ def check_outside(out: str | Path, store: str | Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _replacing(out: Path) -> Iterator[Path]:
+    """A temporary path beside ``out`` that becomes ``out`` if the block succeeds and is
+    deleted if it fails: an export stopped by an error (a damaged store) leaves no file
+    that could pass for its output."""
+    tmp = out.with_name(f".{out.name}.part-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_npy(
     out: str | Path,
     shape: tuple[int, int],
@@ -54,22 +69,23 @@ def write_npy(
     """Stream ``blocks`` (row blocks of ``shape[1]`` columns) into a ``.npy`` at ``out``.
 
     The file is a memory map, so a selection larger than memory is written in bounded
-    memory. Returns the number of rows written.
+    memory; it appears at ``out`` only when complete. Returns the number of rows written.
 
     Raises
     ------
     ConfigError
         The blocks hold another number of rows than ``shape[0]``.
     """
-    mm = np.lib.format.open_memmap(Path(out), mode="w+", dtype=dtype, shape=shape)
-    at = 0
-    for x in blocks:
-        mm[at : at + len(x)] = x
-        at += len(x)
-    mm.flush()
-    del mm
-    if at != shape[0]:
-        raise ConfigError(f"wrote {at} rows to {out}, expected {shape[0]}")
+    with _replacing(Path(out)) as tmp:
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        at = 0
+        for x in blocks:
+            mm[at : at + len(x)] = x
+            at += len(x)
+        mm.flush()
+        del mm
+        if at != shape[0]:
+            raise ConfigError(f"wrote {at} rows to {out}, expected {shape[0]}")
     return at
 
 
@@ -80,14 +96,15 @@ def write_vectors_parquet(
     blocks: Iterable[tuple[npt.NDArray[np.int64], npt.NDArray[Any]]],
 ) -> int:
     """Stream ``(rows, vectors)`` blocks into a Parquet file with columns ``row`` (int64)
-    and ``vector`` (a fixed-size list of ``d`` floats). Returns the rows written."""
+    and ``vector`` (a fixed-size list of ``d`` floats), complete or not at all. Returns the
+    rows written."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     value = pa.float32() if np.dtype(dtype) == np.float32 else pa.float16()
     schema = pa.schema([("row", pa.int64()), ("vector", pa.list_(value, d))])
     n = 0
-    with pq.ParquetWriter(Path(out), schema) as writer:
+    with _replacing(Path(out)) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for block_rows, x in blocks:
             flat = pa.array(np.ascontiguousarray(x).reshape(-1), value)
             vec = pa.FixedSizeListArray.from_arrays(flat, d)

@@ -6,6 +6,9 @@ visible. After the views exist the connection is locked down: DuckDB may read ex
 the store files the views name and nothing else, may write nowhere, loads no
 extension and refuses any change of configuration; only ``SELECT`` (and ``EXPLAIN``
 of one) statements are accepted.
+
+A query that reaches a damaged store file (see ``_views``) fails with one
+:class:`~actstore.errors.StoreCorruptError` line naming the file, never with numbers.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from actstore.errors import QueryError
-from actstore.query._views import BUILTIN_VIEWS, _ident, _lit, create_views
+from actstore.errors import ActstoreError, QueryError, StoreCorruptError
+from actstore.query._views import BUILTIN_VIEWS, _ident, _lit, _one_line, create_views
 from actstore.store.reader import StoreReader
 
 if TYPE_CHECKING:
@@ -35,17 +38,6 @@ _EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(ANALYZE\s+)?", re.IGNORECASE)
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _one_line(message: str) -> str:
-    """DuckDB's message without the echoed query and caret lines, on one line."""
-    kept = []
-    for line in message.splitlines():
-        if line.startswith("LINE "):
-            break
-        if line.strip():
-            kept.append(line.strip())
-    return " ".join(kept)
-
-
 class SQLEngine:
     """The DuckDB connection of one open store, with its views, locked to reading.
 
@@ -60,10 +52,16 @@ class SQLEngine:
 
         self._duckdb = duckdb
         self.con: duckdb.DuckDBPyConnection = duckdb.connect(":memory:")
-        self.views: list[str] = []
         self._columns: dict[str, list[str]] = {}
-        self.views, self._tables, allowed = create_views(self.con, reader)
-        self._lock_down(allowed)
+        # set before the views are made: checking the files reads their footers once
+        self.con.execute("SET parquet_metadata_cache = true")
+        views = create_views(self.con, reader)
+        self.views: list[str] = views.names
+        self._tables = views.tables
+        self._damaged = views.damaged  # messages of the damaged files behind the views
+        self._absent = views.absent  # views left out because their files are damaged
+        self._files = views.allowed
+        self._lock_down(views.allowed)
 
     def _lock_down(self, allowed: list[str]) -> None:
         import shutil
@@ -71,7 +69,6 @@ class SQLEngine:
         import weakref
 
         con = self.con
-        con.execute("SET parquet_metadata_cache = true")
         # DuckDB allows reading its temp directory (default: ./.tmp) even with external
         # access off; a private, empty one keeps spilling possible without exposing files
         self._tmp = tempfile.mkdtemp(prefix="actstore-duckdb-")
@@ -96,10 +93,34 @@ class SQLEngine:
             self._columns[view] = [str(r[0]) for r in rows]
         return self._columns[view]
 
-    def error(self, e: Exception, query: str) -> QueryError:
-        """A one-line :class:`QueryError` for DuckDB error ``e`` raised by ``query``."""
+    def _damage_named(self, e: Exception, msg: str) -> str | None:
+        """The message of the damaged store file behind DuckDB error ``e``, if any."""
+        duckdb = self._duckdb
+        for text in self._damaged:
+            if text in msg:
+                return text
+        if isinstance(e, duckdb.CatalogException | duckdb.BinderException):
+            # a view left out, or (for a scoped query) its shadowing CTE then circular
+            for view, text in self._absent.items():
+                if re.search(rf'\b(name|CTE) "?{re.escape(view)}"?\b', msg, re.IGNORECASE):
+                    return text
+        if isinstance(e, duckdb.InvalidInputException | duckdb.IOException):
+            for f in self._files:
+                if f in msg:
+                    return (
+                        f"{f} is damaged ({msg}); the store is damaged: restore the file from "
+                        "a backup, or re-extract the run that wrote it with --overwrite"
+                    )
+        return None
+
+    def error(self, e: Exception, query: str) -> ActstoreError:
+        """A one-line :class:`QueryError` for DuckDB error ``e`` raised by ``query`` (a
+        :class:`StoreCorruptError` when a damaged store file caused it)."""
         duckdb = self._duckdb
         msg = _one_line(str(e))
+        damaged = self._damage_named(e, msg)
+        if damaged is not None:
+            return StoreCorruptError(damaged)
         if isinstance(e, duckdb.PermissionException):
             return QueryError(
                 f"the store is read-only and queries may read only its own tables ({msg}); "
@@ -109,7 +130,10 @@ class SQLEngine:
             return QueryError(f"SQL syntax error: {msg}; {self._tables_hint()}")
         if isinstance(e, duckdb.BinderException) and "column" in msg.lower():
             mentioned = [
-                v for v in self.views if re.search(rf"\b{re.escape(v)}\b", query, re.IGNORECASE)
+                v
+                for v in self.views
+                if v.lower() not in self._absent
+                and re.search(rf"\b{re.escape(v)}\b", query, re.IGNORECASE)
             ]
             cols = "; ".join(f"{v}({', '.join(self.columns(v))})" for v in mentioned)
             return QueryError(

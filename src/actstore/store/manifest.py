@@ -16,7 +16,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from actstore.errors import FormatVersionError, StoreError, StoreNotFoundError
+from actstore.errors import (
+    FormatVersionError,
+    StoreCorruptError,
+    StoreError,
+    StoreNotFoundError,
+)
 from actstore.store._faults import crash_point
 from actstore.store.format import (
     FORMAT_NAME,
@@ -74,13 +79,17 @@ def atomic_write_bytes(path: Path, data: bytes, *, crash: str | None = None) -> 
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    if crash is not None:
-        crash_point(crash)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if crash is not None:
+            crash_point(crash)
+        os.replace(tmp, path)
+    except BaseException:  # e.g. a full disk: leave no temp file beside the file
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -92,6 +101,11 @@ def atomic_write_json(path: Path, obj: Any, *, crash: str | None = None) -> None
     """:func:`atomic_write_bytes` of ``obj`` as indented JSON."""
     data = (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
     atomic_write_bytes(path, data, crash=crash)
+
+
+#: Keys of a committed run's entry in the manifest.
+_ENTRY_KEYS = ("committed_at", "n_rows", "n_docs", "num_parts")
+_REPAIR_MANIFEST = "the manifest is damaged: restore actstore.json from a backup"
 
 
 def _check_manifest(path: Path, data: Any) -> ManifestJSON:
@@ -108,14 +122,19 @@ def _check_manifest(path: Path, data: Any) -> ManifestJSON:
         )
     runs = data.get("runs")
     if not isinstance(runs, dict):
-        raise StoreError(f'{path} has no "runs" object; the manifest is damaged')
-    for name in runs:
+        raise StoreCorruptError(f'{path} has no "runs" object; {_REPAIR_MANIFEST}')
+    for name, entry in runs.items():
         # names read from disk are checked like names typed: a crafted name such as
         # "../../other.acts/runs/x" would otherwise read another store's files
         if not RUN_NAME.match(name):
             raise StoreError(
                 f"{path} lists a run named {name!r}, which is not a valid run name; the "
                 "manifest is damaged or was not written by actstore"
+            )
+        lacks = [k for k in _ENTRY_KEYS if not isinstance(entry, dict) or k not in entry]
+        if lacks:
+            raise StoreCorruptError(
+                f"{path}: the entry of run {name!r} lacks {', '.join(lacks)}; {_REPAIR_MANIFEST}"
             )
     return data  # type: ignore[return-value]
 
@@ -142,9 +161,9 @@ def read_manifest(store: Path) -> ManifestJSON:
             "create one with `actstore extract --store PATH ...`"
         )
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise StoreError(f"{path} is not valid JSON ({e}); the manifest is damaged") from e
+        data = json.loads(path.read_bytes())
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise StoreCorruptError(f"{path} is not valid JSON ({e}); {_REPAIR_MANIFEST}") from e
     return _check_manifest(path, data)
 
 
@@ -153,16 +172,19 @@ def read_run_json(store: Path, run: str) -> RunJSON:
 
     Raises
     ------
-    StoreError
-        The file is missing or not valid JSON (the store is incomplete or damaged).
+    StoreCorruptError
+        The file is missing or not a valid JSON object (the store is damaged).
     """
+    path = run_json_path(store, run)
     try:
-        data: RunJSON = json.loads(run_json_path(store, run).read_text())
-    except (FileNotFoundError, json.JSONDecodeError) as e:
-        raise StoreError(
-            f"run {run!r} is committed in {store} but its run.json is missing or damaged "
-            f"({e}); the store is incomplete"
+        data: RunJSON = json.loads(path.read_bytes())
+    except (FileNotFoundError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        raise StoreCorruptError(
+            f"{path}: run {run!r} is committed but its run.json is missing or damaged "
+            f"({e}); restore it from a backup, or re-extract the run with --overwrite"
         ) from e
+    if not isinstance(data, dict):
+        raise StoreCorruptError(f"{path} is not a JSON object; restore it from a backup")
     return data
 
 

@@ -6,6 +6,7 @@ run whose parts are not all done, does not exist for a reader. Nothing here writ
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +20,7 @@ from actstore.errors import (
     RowIndexError,
     RunNotFoundError,
     SiteNotFoundError,
+    StoreCorruptError,
     StoreError,
 )
 from actstore.store._gather import MapCache, PartArray, SiteArray
@@ -27,6 +29,7 @@ from actstore.store.format import (
     ARRAYS_DIR,
     CENTROIDS_DIR,
     DOCS_DIR,
+    RUN_JSON_NAME,
     SITE_NAME,
     TOKENS_DIR,
     VOCAB_NAME,
@@ -47,7 +50,60 @@ if TYPE_CHECKING:
     #: Global row ids: a sequence, an integer ndarray or a pandas Series.
     RowsLike: TypeAlias = Sequence[int] | npt.NDArray[np.integer[Any]] | pd.Series[Any]
 
-__all__ = ["RunReader", "StoreReader", "as_row_array"]
+__all__ = ["RunReader", "StoreReader", "as_row_array", "parquet_problem"]
+
+#: Keys of ``run.json`` (and of its items) that reading a run relies on.
+_RUN_KEYS: dict[str, tuple[str, ...]] = {
+    "sites": ("name", "d", "dtype"),
+    "parts": ("index", "n_rows", "row_offset"),
+}
+_RUN_OBJECTS: dict[str, tuple[str, ...]] = {"counts": ("rows",), "model": ()}
+
+
+def _check_run_json(meta: Any, path: Path) -> None:
+    """Raise :class:`StoreCorruptError` if ``meta`` lacks what reading the run needs."""
+    problems = [f"lacks {k!r}" for k in ("dtype", *_RUN_KEYS, *_RUN_OBJECTS) if k not in meta]
+    for key, item_keys in _RUN_KEYS.items():
+        items = meta.get(key, [])
+        if not isinstance(items, list) or not all(
+            isinstance(x, dict) and all(k in x for k in item_keys) for x in items
+        ):
+            problems.append(f"{key!r} is not a list of objects with {', '.join(item_keys)}")
+    for key, item_keys in _RUN_OBJECTS.items():
+        obj = meta.get(key, {})
+        if not isinstance(obj, dict) or not all(k in obj for k in item_keys):
+            problems.append(f"{key!r} is not an object with {', '.join(item_keys) or 'fields'}")
+    if not meta.get("parts"):
+        problems.append("lists no parts")
+    if problems:
+        raise StoreCorruptError(
+            f"{path}: {problems[0]}; the run's record is damaged: restore run.json from a "
+            "backup, or re-extract the run with --overwrite"
+        )
+
+
+def parquet_problem(path: Path) -> str | None:
+    """What is wrong with the ends of the Parquet file ``path`` (None if they look whole).
+
+    Reads 4 bytes at the start and 8 at the end: a Parquet file starts and ends with
+    ``PAR1``, preceded at the end by the length of its footer. A truncated file fails this.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 12:
+                return f"{size} bytes, too small to be a Parquet file"
+            head = f.read(4)
+            f.seek(size - 8)
+            tail = f.read(8)
+    except FileNotFoundError:
+        return "missing"
+    footer = int.from_bytes(tail[:4], "little")
+    if head != b"PAR1" or tail[4:] != b"PAR1":
+        return "not a whole Parquet file (no PAR1 mark at its start or end: truncated?)"
+    if footer + 12 > size:
+        return f"its footer of {footer:,} bytes does not fit in {size:,} bytes"
+    return None
 
 
 def as_row_array(rows: RowsLike, n_rows: int, what: str) -> npt.NDArray[np.int64]:
@@ -106,6 +162,7 @@ class RunReader:
         self.dir = run_dir(store, name)
         self._maps = maps
         self.meta: RunJSON = read_run_json(store, name)
+        _check_run_json(self.meta, self.dir / RUN_JSON_NAME)
         self._sites: dict[str, SiteArray] = {}
 
     @property
@@ -187,9 +244,9 @@ class RunReader:
             ]
             for p, arr in zip(parts, arrays, strict=True):
                 if arr.n_rows != p["n_rows"]:
-                    raise StoreError(
+                    raise StoreCorruptError(
                         f"array {arr.path} has {arr.n_rows} rows, run.json says {p['n_rows']}; "
-                        "the store is damaged"
+                        "the store is damaged: re-extract the run with --overwrite"
                     )
             self._sites[site] = SiteArray(arrays, [p["row_offset"] for p in parts])
         return self._sites[site]
@@ -257,11 +314,9 @@ def _site_list(names: list[str]) -> str:
 
 
 def _read_zarr(path: Path) -> npt.NDArray[Any]:
-    import zarr
-    from zarr.storage import LocalStore
+    from actstore.store.arrays import read_array
 
-    arr = zarr.open_array(store=LocalStore(path, read_only=True), mode="r")
-    return np.asarray(arr[...])
+    return read_array(path)
 
 
 class StoreReader:
