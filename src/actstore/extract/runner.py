@@ -34,6 +34,7 @@ from actstore.store.format import PROGRESS_VERSION, RunJSON
 from actstore.store.locks import check_part_free
 from actstore.store.manifest import remove_store_if_unused, use_store
 from actstore.store.part import PartWriter, Progress, discard_part, load_progress, now_iso
+from actstore.store.writable import check_writable, write_errors
 
 __all__ = ["ExtractResult", "extract", "iter_batches"]
 
@@ -158,6 +159,8 @@ def extract(
         For every bad input (corpus, model, sites, store, options); nothing committed
         before is changed. A store folder this call created is removed again when the
         job fails before anything in it is durable.
+    StoreWriteError
+        The store cannot be written (read-only, full disk); checked before the model loads.
     """
     if config.engine == "ray":
         from actstore.extract.engine_ray import extract_ray
@@ -166,7 +169,7 @@ def extract(
     store = Path(config.store)
     new_store = not store.exists()
     try:
-        with contextlib.ExitStack() as held:
+        with write_errors(store), contextlib.ExitStack() as held:
             if progress is None:
                 bar = held.enter_context(ProgressBar(_bar_label(config), disable=config.quiet))
                 return _extract(config, bar, held)
@@ -187,6 +190,7 @@ def _extract(
     store = Path(config.store)
     corpus = _open_corpus(config)
     held.enter_context(use_store(store))
+    check_writable(store)  # before minutes of loading the model
     check_part_free(store, config.run, config.shard)  # refuse before loading the model
     from actstore.extract.head import matrices
     from actstore.extract.model import load_model

@@ -57,6 +57,7 @@ from actstore.store.part import (
     read_part_meta,
     remove_part,
 )
+from actstore.store.writable import write_errors
 
 __all__ = ["COMMIT_STEPS", "CommitStatus", "commit_run", "tidy_staging", "try_commit"]
 
@@ -104,7 +105,8 @@ def remove_run(store: Path, run: str) -> None:
         )
     from actstore.store.claim import drop_run
 
-    drop_run(store, run)
+    with write_errors(store):  # a read-only store: one line
+        drop_run(store, run)
 
 
 def commit_run(store: Path, run: str, num_parts: int) -> RunJSON | None:
@@ -117,8 +119,11 @@ def commit_run(store: Path, run: str, num_parts: int) -> RunJSON | None:
     ------
     RunExistsError
         The parts were written with different options.
+    StoreWriteError
+        The store cannot be written (full disk, read-only); nothing is published.
     """
-    return try_commit(store, run, num_parts)[1]
+    with write_errors(store):
+        return try_commit(store, run, num_parts)[1]
 
 
 def try_commit(store: Path, run: str, num_parts: int) -> tuple[CommitStatus, RunJSON | None]:

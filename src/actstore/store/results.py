@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from actstore.errors import ConfigError, ResultNotFoundError
 from actstore.store.format import ARRAYS_DIR, RESULT_META, RESULT_TABLE, RESULTS_DIR
 from actstore.store.manifest import read_manifest, store_lock
+from actstore.store.writable import write_errors
 
 __all__ = [
     "RESULT_NAME",
@@ -105,12 +106,28 @@ def write_result(
     _check_free(root, name, overwrite)
     if not isinstance(table, pa.Table) and hasattr(table, "columns"):
         table = pa.Table.from_pandas(table, preserve_index=False)
+    with write_errors(store):  # a full disk or a read-only store: one line
+        return _publish(Path(store), root, name, final, table, meta, arrays, overwrite)
+
+
+def _publish(
+    store: Path,
+    root: Path,
+    name: str,
+    final: Path,
+    table: pa.Table | Iterable[pa.Table],
+    meta: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
+    arrays: Mapping[str, npt.NDArray[Any]] | None,
+    overwrite: bool,
+) -> Path:
+    """Write the version folder, then swap the link; a failed write leaves nothing behind."""
     # Everything goes into a fresh version folder that no reader sees; then one atomic
     # rename of a symbolic link publishes it (readers see the old result or the new one).
     version = root / VERSIONS_DIR / f"{name}-{time.time_ns()}-{os.getpid()}"
-    (version / ARRAYS_DIR).mkdir(parents=True)
-    try:  # a streamed table may take long to compute: an error or ^C leaves nothing behind
-        _write_table(table, version / RESULT_TABLE)
+    link = root / f".{name}.link-{os.getpid()}"
+    try:
+        (version / ARRAYS_DIR).mkdir(parents=True)
+        _write_table(table, version / RESULT_TABLE)  # a streamed table may take long
         if callable(meta):
             meta = meta()
         for key, value in (arrays or {}).items():
@@ -124,13 +141,13 @@ def write_result(
             json.dumps(full_meta, indent=2, default=_json_default) + "\n"
         )
         _fsync_tree(version)
-    except BaseException:
+        link.unlink(missing_ok=True)
+        os.symlink(os.path.relpath(version, root), link)
+    except BaseException:  # a full disk, ^C: no half-written version stays behind
+        link.unlink(missing_ok=True)
         shutil.rmtree(version, ignore_errors=True)
         raise
-    link = root / f".{name}.link-{os.getpid()}"
-    link.unlink(missing_ok=True)
-    os.symlink(os.path.relpath(version, root), link)
-    with store_lock(Path(store)):
+    with store_lock(store):
         _check_free(root, name, overwrite)
         if final.is_dir() and not final.is_symlink():  # a result saved by actstore < 0.2
             final.rename(root / VERSIONS_DIR / f"{name}-0-legacy")
@@ -313,11 +330,13 @@ def remove_result(store: str | Path, name: str) -> None:
     ------
     ResultNotFoundError
         No result ``name``.
+    StoreWriteError
+        The store cannot be written.
     """
     _check_name(name)
     root = Path(store) / RESULTS_DIR
     read_manifest(Path(store))
-    with store_lock(Path(store)):
+    with write_errors(store), store_lock(Path(store)):  # a read-only store: one line
         final = root / name
         if not final.is_symlink() and not (final / RESULT_TABLE).is_file():
             have = ", ".join(list_results(store)) or "none"
