@@ -54,9 +54,10 @@ class _Shard:
     """One memory-mapped shard file of a fast-path array: where each chunk's rows lie, and
     which chunks passed their CRC32C since the file was mapped.
 
-    A *dense* shard (every chunk stored, back to back, at a fixed stride: what actstore's
-    writer and zarr-python write) is viewed as ``[chunks, chunk_rows, d]``; any other
-    layout of fixed-size chunks as overlapping ``[units, d]`` rows on a common byte stride.
+    Rows are gathered from a view of the file as overlapping ``[units, d]`` rows, one
+    starting every ``unit`` bytes (the largest stride on which every chunk's rows start);
+    a *dense* shard (every chunk stored, back to back: what actstore's writer and
+    zarr-python write) is also viewed as ``[chunks, chunk_rows, d]`` for block reads.
     """
 
     def __init__(
@@ -108,10 +109,9 @@ class _Shard:
                 self.crcs = np.ndarray(
                     (n,), "<u4", buffer=mm, offset=base + data_bytes, strides=(self.nbytes,)
                 )
-            return
         # rows start at byte offsets that are all multiples of `unit` from the first one
         first = int(offsets[stored].min()) if stored.any() else 0
-        unit = math.gcd(row_bytes, *(int(o) - first for o in offsets[stored]))
+        unit = math.gcd(row_bytes, int(np.gcd.reduce(offsets[stored] - first, initial=0)))
         self.row_units = row_bytes // unit
         self.chunk_unit = np.where(stored, (offsets - first) // unit, -1)
         last = int(offsets[stored].max()) + data_bytes - row_bytes if stored.any() else first
@@ -150,9 +150,6 @@ class _Shard:
         k, r = np.divmod(local, cr)
         self.verify(k)
         rows: npt.NDArray[Any]
-        if self.dense:
-            rows = self.chunks[k, r]
-            return rows
         units = self.chunk_unit[k]
         if bool(units.min() >= 0):
             rows = self.units[units + r * self.row_units]
@@ -350,6 +347,7 @@ class PartArray:
         self._zarr: Any = None
         self._lock = threading.Lock()
         self._present: set[str] = set()  # storage keys seen on disk (zarr-python reads)
+        self._paths: dict[int, str] = {}
         if self.layout is not None:
             lay = self.layout
             self._per_shard = lay.shard_rows // lay.chunk_rows
@@ -364,9 +362,12 @@ class PartArray:
     # -- shard files -------------------------------------------------------------------
 
     def _shard_path(self, shard: int) -> str:
-        assert self.layout is not None
-        sep = self.layout.separator
-        return str(self.path / f"c{sep}{shard}{sep}0")
+        path = self._paths.get(shard)
+        if path is None:
+            assert self.layout is not None
+            sep = self.layout.separator
+            path = self._paths[shard] = str(self.path / f"c{sep}{shard}{sep}0")
+        return path
 
     def _shard(self, shard: int) -> _Shard:
         path = self._shard_path(shard)
