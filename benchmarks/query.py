@@ -6,6 +6,12 @@ against NumPy on its memory map. Every timing is the median of ``--repeats`` run
 warm-up pass on both sides (both warm in the page cache). Prints a table and writes
 ``benchmarks/out/query.json`` (and a copy named after the row count).
 
+Every chunk carries a CRC32C that a store checks the first time it reads the chunk
+(once per opened shard map). So the scan is timed on a freshly opened store each repeat
+(every chunk checked: the cost of checksums), and again on one that has checked them;
+the gather is timed on a store that has (the scan before it read every chunk), and on a
+freshly opened store, whose first gather checks every chunk it touches.
+
     python benchmarks/query.py                 # 10,000,000 rows (builds ~8 GB once)
     python benchmarks/query.py --rows 200000   # quick check
 """
@@ -36,9 +42,10 @@ DTYPE: StorageDType = "float16"
 def build(path: Path, rows: int, rebuild: bool) -> None:
     """Write the synthetic store unless one with ``rows`` rows is there."""
     manifest = path / "actstore.json"
-    if not rebuild and manifest.is_file():
+    meta = path / "runs" / RUN / "arrays" / "part-0000" / SITE / "zarr.json"
+    if not rebuild and manifest.is_file() and meta.is_file():
         runs = json.loads(manifest.read_text())["runs"]
-        if runs.get(RUN, {}).get("n_rows") == rows:
+        if runs.get(RUN, {}).get("n_rows") == rows and "crc32c" in meta.read_text():
             return
     shutil.rmtree(path, ignore_errors=True)
     t0 = time.perf_counter()
@@ -84,18 +91,28 @@ def paired(
     base: Callable[[Any], object],
     make: Callable[[], Any],
     repeats: int,
-) -> tuple[float, float]:
-    """Median ms of ``ours(arg)`` and ``base(arg)`` over fresh ``arg = make()`` each repeat."""
-    a: list[float] = []
-    b: list[float] = []
+) -> dict[str, float]:
+    """Median ms of ``ours(arg)`` and ``base(arg)`` over fresh ``arg = make()`` each repeat,
+    wall-clock and process CPU time (all threads; steadier on a shared, loaded machine)."""
+    a: list[tuple[float, float]] = []
+    b: list[tuple[float, float]] = []
     for i in range(repeats):
         arg = make()
         order = [(ours, a), (base, b)] if i % 2 == 0 else [(base, b), (ours, a)]
         for fn, acc in order:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn(arg)
-            acc.append(time.perf_counter() - t0)
-    return statistics.median(a) * 1e3, statistics.median(b) * 1e3
+            acc.append((time.perf_counter() - t0, time.process_time() - c0))
+    wall_a, wall_b = (statistics.median(w for w, _ in x) * 1e3 for x in (a, b))
+    cpu_a, cpu_b = (statistics.median(c for _, c in x) * 1e3 for x in (a, b))
+    return {
+        "store_ms": wall_a,
+        "memmap_ms": wall_b,
+        "ratio": wall_a / wall_b,
+        "store_cpu_ms": cpu_a,
+        "memmap_cpu_ms": cpu_b,
+        "cpu_ratio": cpu_a / cpu_b,
+    }
 
 
 def main() -> None:
@@ -122,27 +139,30 @@ def main() -> None:
         n, batch = len(mm), args.batch_rows
 
         # -- full scan: sum of every block, same block size on both sides
-        def scan_store(_: object) -> None:
-            for _, x in s.iter_vectors(RUN, SITE, batch_rows=batch):
+        def scan(store: actstore.Store) -> None:
+            for _, x in store.iter_vectors(RUN, SITE, batch_rows=batch):
                 x.sum(axis=0, dtype=np.float32)
+
+        def scan_fresh(_: object) -> None:
+            with actstore.open(path) as fresh:  # checks every chunk's CRC32C on the way
+                scan(fresh)
 
         def scan_npy(_: object) -> None:
             for start in range(0, n, batch):
                 np.asarray(mm[start : start + batch]).sum(axis=0, dtype=np.float32)
 
-        scan_store(None)  # warm-up: both files read once into the page cache
+        scan(s)  # warm-up: both files read once into the page cache (and s checks all)
         scan_npy(None)
         reps = max(3, args.repeats // 2) if n > 2_000_000 else args.repeats
-        ours, base = paired(scan_store, scan_npy, lambda: None, reps)
         gb = n * D * 2 / 1e9
-        results["scan"] = {
-            "store_ms": ours,
-            "memmap_ms": base,
-            "ratio": ours / base,
-            "store_GBps": gb / (ours / 1e3),
-            "memmap_GBps": gb / (base / 1e3),
-            "batch_rows": batch,
-        }
+        for key, fn in (("scan", scan_fresh), ("scan_checked", lambda _: scan(s))):
+            t = paired(fn, scan_npy, lambda: None, reps)
+            results[key] = {
+                **t,
+                "store_GBps": gb / (t["store_ms"] / 1e3),
+                "memmap_GBps": gb / (t["memmap_ms"] / 1e3),
+                "batch_rows": batch,
+            }
 
         # -- random gather: fresh random rows each repeat (pages not yet mapped either side)
         k = args.gather
@@ -153,25 +173,29 @@ def main() -> None:
         probe = make()
         if not np.array_equal(s.vectors(RUN, SITE, probe), mm[probe]):
             raise SystemExit("gather returned different rows than the .npy")
-        ours, base = paired(lambda r: s.vectors(RUN, SITE, r), lambda r: mm[r], make, args.repeats)
         results["gather_fresh"] = {
             "rows": k,
-            "store_ms": ours,
-            "memmap_ms": base,
-            "ratio": ours / base,
+            **paired(lambda r: s.vectors(RUN, SITE, r), lambda r: mm[r], make, args.repeats),
+        }
+
+        # a freshly opened store each time: its first gather checks every chunk it touches
+        def first_gather(r: np.ndarray[Any, np.dtype[np.int64]]) -> None:
+            with actstore.open(path) as fresh:
+                fresh.vectors(RUN, SITE, r)
+
+        results["gather_first"] = {
+            "rows": k,
+            **paired(first_gather, lambda r: mm[r], make, args.repeats),
         }
         # the same rows again and again: both sides hot (mapped pages), pure overhead
         fixed = make()
         s.vectors(RUN, SITE, fixed)
         mm[fixed]
-        ours, base = paired(
-            lambda r: s.vectors(RUN, SITE, r), lambda r: mm[r], lambda: fixed, args.repeats
-        )
         results["gather_hot"] = {
             "rows": k,
-            "store_ms": ours,
-            "memmap_ms": base,
-            "ratio": ours / base,
+            **paired(
+                lambda r: s.vectors(RUN, SITE, r), lambda r: mm[r], lambda: fixed, args.repeats
+            ),
         }
 
         # -- selective SQL filter: the rows of one token id (about n / vocab rows)
@@ -205,19 +229,23 @@ def _cpus() -> int:
 
 def _print(r: dict[str, Any]) -> None:
     print(f"\nstore: {r['rows']:,} rows x d={r['d']} {r['dtype']}   ({r['machine']})")
-    print(f"{'measure':<40} {'actstore':>12} {'np.memmap':>12} {'ratio':>7}")
-    sc = r["scan"]
-    print(
-        f"{'full scan, blocks of ' + str(sc['batch_rows']) + ' (ms)':<40} "
-        f"{sc['store_ms']:>12.0f} {sc['memmap_ms']:>12.0f} {sc['ratio']:>7.2f}"
-    )
-    print(f"{'  throughput (GB/s)':<40} {sc['store_GBps']:>12.2f} {sc['memmap_GBps']:>12.2f}")
-    for key, label in (("gather_fresh", "fresh rows"), ("gather_hot", "same rows again")):
-        g = r[key]
-        name = f"gather {g['rows']:,} random rows, {label} (ms)"
-        print(f"{name:<40} {g['store_ms']:>12.2f} {g['memmap_ms']:>12.2f} {g['ratio']:>7.2f}")
-    print(f"{'SQL: rows of one token_id (ms)':<40} {r['sql_filter']['ms']:>12.1f}")
-    print(f"{'SQL: count(*) GROUP BY token_id (ms)':<40} {r['sql_count_by_token']['ms']:>12.1f}")
+    head = f"{'measure':<48} {'actstore':>10} {'np.memmap':>10} {'ratio':>7} {'CPU ratio':>10}"
+    print(head)
+    for key, label, digits in (
+        ("scan", "full scan, checking CRCs (ms)", 0),
+        ("scan_checked", "full scan, CRCs checked (ms)", 0),
+        ("gather_fresh", "gather {:,} random rows, fresh rows (ms)", 2),
+        ("gather_first", "gather {:,} random rows, newly opened store (ms)", 2),
+        ("gather_hot", "gather {:,} random rows, same rows again (ms)", 2),
+    ):
+        m = r[key]
+        name = label.format(m.get("rows", 0))
+        print(
+            f"{name:<48} {m['store_ms']:>10.{digits}f} {m['memmap_ms']:>10.{digits}f} "
+            f"{m['ratio']:>7.2f} {m['cpu_ratio']:>10.2f}"
+        )
+    print(f"{'SQL: rows of one token_id (ms)':<48} {r['sql_filter']['ms']:>10.1f}")
+    print(f"{'SQL: count(*) GROUP BY token_id (ms)':<48} {r['sql_count_by_token']['ms']:>10.1f}")
 
 
 if __name__ == "__main__":

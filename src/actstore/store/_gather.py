@@ -115,12 +115,14 @@ class _Shard:
         self.row_units = row_bytes // unit
         self.chunk_unit = np.where(stored, (offsets - first) // unit, -1)
         last = int(offsets[stored].max()) + data_bytes - row_bytes if stored.any() else first
+        # one opaque row-sized item per unit: NumPy copies each gathered row as one block
+        # (as fast as np.take on contiguous rows; a [units, d] float view copies per value)
         self.units = np.ndarray(
-            ((last - first) // unit + 1, lay.d),
-            lay.dtype,
+            ((last - first) // unit + 1,),
+            np.dtype((np.void, row_bytes)),
             buffer=mm,
             offset=first,
-            strides=(unit, item),
+            strides=(unit,),
         )
 
     def verify(self, chunks: npt.NDArray[np.int64]) -> None:
@@ -149,14 +151,14 @@ class _Shard:
         cr = self.lay.chunk_rows
         k, r = np.divmod(local, cr)
         self.verify(k)
-        rows: npt.NDArray[Any]
+        dtype, d = self.lay.dtype, self.lay.d
         units = self.chunk_unit[k]
         if bool(units.min() >= 0):
-            rows = self.units[units + r * self.row_units]
-            return rows
-        out = np.full((len(local), self.lay.d), self.lay.fill, self.lay.dtype)
+            rows: npt.NDArray[Any] = self.units[units + r * self.row_units]
+            return rows.view(dtype).reshape(-1, d)
+        out = np.full((len(local), d), self.lay.fill, dtype)
         full = units >= 0
-        out[full] = self.units[units[full] + r[full] * self.row_units]
+        out[full] = self.units[units[full] + r[full] * self.row_units].view(dtype).reshape(-1, d)
         return out
 
     def read(self, a: int, b: int, out: npt.NDArray[Any]) -> None:
