@@ -54,10 +54,10 @@ class _Shard:
     """One memory-mapped shard file of a fast-path array: where each chunk's rows lie, and
     which chunks passed their CRC32C since the file was mapped.
 
-    Rows are gathered from a view of the file as overlapping ``[units, d]`` rows, one
-    starting every ``unit`` bytes (the largest stride on which every chunk's rows start);
-    a *dense* shard (every chunk stored, back to back: what actstore's writer and
-    zarr-python write) is also viewed as ``[chunks, chunk_rows, d]`` for block reads.
+    Rows are gathered from a view of the file as overlapping row-sized items, one starting
+    every ``unit`` bytes (the largest stride on which every chunk's rows start); a *dense*
+    shard (every chunk stored, back to back: what actstore's writer and zarr-python write)
+    is also viewed as ``[chunks, chunk_rows, d]`` for block reads.
     """
 
     def __init__(
@@ -113,6 +113,7 @@ class _Shard:
         first = int(offsets[stored].min()) if stored.any() else 0
         unit = math.gcd(row_bytes, int(np.gcd.reduce(offsets[stored] - first, initial=0)))
         self.row_units = row_bytes // unit
+        self.chunk_units = self.nbytes // unit  # chunk to chunk, in a dense shard
         self.chunk_unit = np.where(stored, (offsets - first) // unit, -1)
         last = int(offsets[stored].max()) + data_bytes - row_bytes if stored.any() else first
         # one opaque row-sized item per unit: NumPy copies each gathered row as one block
@@ -146,27 +147,29 @@ class _Shard:
             f"of the part) fails its CRC32C checksum; {REPAIR}"
         )
 
-    def take(self, local: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
-        """Rows ``local`` (row numbers inside the shard), checked, shape ``(n, d)``."""
-        cr = self.lay.chunk_rows
-        k, r = np.divmod(local, cr)
+    def take(self, k: npt.NDArray[np.int64], r: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
+        """Row ``r[i]`` of chunk ``k[i]`` of the shard for each ``i``, checked, shape
+        ``(n, d)``."""
         self.verify(k)
         dtype, d = self.lay.dtype, self.lay.d
+        if self.dense:
+            rows: npt.NDArray[Any] = self.units[k * self.chunk_units + r * self.row_units]
+            return rows.view(dtype).reshape(-1, d)
         units = self.chunk_unit[k]
         if bool(units.min() >= 0):
-            rows: npt.NDArray[Any] = self.units[units + r * self.row_units]
+            rows = self.units[units + r * self.row_units]
             return rows.view(dtype).reshape(-1, d)
-        out = np.full((len(local), d), self.lay.fill, dtype)
+        out = np.full((len(k), d), self.lay.fill, dtype)
         full = units >= 0
         out[full] = self.units[units[full] + r[full] * self.row_units].view(dtype).reshape(-1, d)
         return out
 
     def read(self, a: int, b: int, out: npt.NDArray[Any]) -> None:
         """Copy rows ``a:b`` of the shard (checked) into ``out``."""
-        if not self.dense:
-            out[...] = self.take(np.arange(a, b, dtype=np.int64))
-            return
         cr = self.lay.chunk_rows
+        if not self.dense:
+            out[...] = self.take(*np.divmod(np.arange(a, b, dtype=np.int64), cr))
+            return
         k0, k1 = a // cr, (b - 1) // cr
         if self._all_verified or bool(self.verified[k0 : k1 + 1].all()):
             self._copy(a, b, out)
@@ -479,9 +482,11 @@ class PartArray:
         stops = [*starts[1:], len(rows)]
         jobs = list(zip(shard_of[starts].tolist(), starts, stops, strict=True))
 
+        k, r = np.divmod(rows - shard_of * lay.shard_rows, lay.chunk_rows)
+
         def run(group: Sequence[tuple[int, int, int]]) -> None:
             for shard, a, b in group:
-                block = self._shard(shard).take(rows[a:b] - shard * lay.shard_rows)
+                block = self._shard(shard).take(k[a:b], r[a:b])
                 if dest is None:
                     out[a:b] = block
                 else:
