@@ -321,3 +321,26 @@ def test_each_chunk_is_checked_once_per_opened_map(
     reader.maps.clear()  # a map opened again is checked again
     run.gather(SITE, rows[:1])
     assert len(checked) == 101
+
+
+def test_centroid_arrays_are_checksummed(tmp_path: Path) -> None:
+    from actstore.store.arrays import checksummed, open_array
+
+    store = tmp_path / "s.acts"
+    write_synthetic_run(
+        store, RUN, n_docs=8, tokens_per_doc=5, d=D, vocab_size=50, num_parts=2, centroids=True
+    )
+    root = store / f"runs/{RUN}/arrays"
+    reader = StoreReader(store)
+    sums, counts = reader.run(RUN).centroid_sums(SITE)
+    assert sums.shape == (50, D)
+    assert counts.sum() == 40
+    for name in (SITE, "count"):
+        assert checksummed(open_array(root, f"centroids/{name}")), name
+    chunk = root / f"centroids/{SITE}/c/0/0"
+    flip(chunk, len(chunk.read_bytes()) // 2, 0x10)
+    with pytest.raises(StoreCorruptError, match=str(chunk)):
+        StoreReader(store).run(RUN).centroid_sums(SITE)
+    chunk.unlink()
+    with pytest.raises(StoreCorruptError, match="missing"):
+        StoreReader(store).run(RUN).centroid_sums(SITE)

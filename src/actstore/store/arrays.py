@@ -209,17 +209,24 @@ def read_array(path: Path) -> npt.NDArray[Any]:
 
 
 def write_matrix(
-    root: Path, name: str, x: npt.NDArray[Any], *, attributes: dict[str, Any] | None = None
+    root: Path,
+    name: str,
+    x: npt.NDArray[Any],
+    *,
+    attributes: dict[str, Any] | None = None,
+    chunk_rows: int = 4096,
+    codec: Codec = "none",
 ) -> None:
-    """Write a whole matrix (e.g. ``embed`` [vocab, d], float32) as one array, replacing it."""
-    chunks = (max(1, min(x.shape[0], 4096)), *x.shape[1:]) if x.ndim else ()
+    """Write a whole matrix (e.g. ``embed`` [vocab, d], float32, or a centroid sum) as one
+    array of ``chunk_rows``-row chunks, replacing it; every chunk carries a CRC32C."""
+    chunks = (max(1, min(x.shape[0], chunk_rows)), *x.shape[1:]) if x.ndim else ()
     arr = zarr.create_array(
         store=LocalStore(root),
         name=name,
         shape=x.shape,
         chunks=chunks,
         dtype=x.dtype,
-        compressors=(Crc32cCodec(),),
+        compressors=_compressors(codec, x.dtype.itemsize),
         fill_value=0,
         attributes=attributes or {},
         overwrite=True,

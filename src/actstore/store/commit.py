@@ -18,11 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
-from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore
 
 from actstore.errors import ConfigError, RunExistsError, RunNotFoundError, StoreError
 from actstore.store._faults import crash_point
+from actstore.store.arrays import write_matrix
 from actstore.store.docs import write_docs
 from actstore.store.format import (
     ARRAYS_DIR,
@@ -289,30 +289,22 @@ def _write_centroids(
             count[ids] += z["count"]
             for site in sites:
                 sums[site][ids] += z[f"sum:{site}"]
-    root = LocalStore(run_dir(store, run) / ARRAYS_DIR)
+    root = run_dir(store, run) / ARRAYS_DIR
     for site, total in sums.items():
-        arr = zarr.create_array(
-            store=root,
-            name=f"{CENTROIDS_DIR}/{site}",
-            shape=total.shape,
-            chunks=(min(vocab_size, 1024), total.shape[1]),
-            dtype=np.float64,
-            compressors=(ZstdCodec(level=3),),
-            fill_value=0,
-            overwrite=True,
+        write_matrix(
+            root,
+            f"{CENTROIDS_DIR}/{site}",
+            total,
+            chunk_rows=1024,
+            codec="zstd",
             attributes={"meaning": "sum over the run's rows of this site, per token_id"},
         )
-        arr[...] = total
-    arr = zarr.create_array(
-        store=root,
-        name=f"{CENTROIDS_DIR}/count",
-        shape=count.shape,
-        chunks=(vocab_size,),
-        dtype=np.int64,
-        compressors=(ZstdCodec(level=3),),
-        fill_value=0,
-        overwrite=True,
+    write_matrix(
+        root,
+        f"{CENTROIDS_DIR}/count",
+        count,
+        chunk_rows=max(1, vocab_size),
+        codec="zstd",
         attributes={"meaning": "rows per token_id; centroid = sum / count"},
     )
-    arr[...] = count
     return sites
