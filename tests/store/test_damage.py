@@ -344,3 +344,43 @@ def test_centroid_arrays_are_checksummed(tmp_path: Path) -> None:
     chunk.unlink()
     with pytest.raises(StoreCorruptError, match="missing"):
         StoreReader(store).run(RUN).centroid_sums(SITE)
+
+
+def test_damaged_parquet_read_outside_sql_is_one_line(
+    stores: dict[str, Path], tmp_path: Path
+) -> None:
+    """The store's Parquet files that actstore reads with pyarrow (the vocabulary for a token
+    lookup, the docs for a word search and `info`, a saved result) fail like SQL does."""
+    from actstore.store.info import store_info
+    from actstore.store.results import read_result, write_result
+
+    store = tmp_path / "s.acts"
+    shutil.copytree(stores["none"], store)
+    write_result(store, "res", pa.table({"x": [1, 2, 3]}), meta={"analysis": "test"})
+    with actstore.open(store) as s:
+        assert list(s.token_ids(RUN, "t5")) == [5]
+        assert len(s.rows_of_word(RUN, "doc")) > 0
+    assert store_info(store)["docs"] == 40
+    assert read_result(store, "res")[0].num_rows == 3
+
+    vocab = truncate(store / f"runs/{RUN}/vocab.parquet", 0.9)
+    docs = truncate(sorted((store / "docs").glob("*.parquet"))[0], 0.8)
+    result = truncate(store / "results/res/result.parquet", 0.9)
+    for call, bad in (
+        (lambda: actstore.open(store).token_ids(RUN, "t5"), vocab),
+        (lambda: actstore.open(store).rows_of_word(RUN, "doc"), docs),
+        (lambda: store_info(store), docs),
+        (lambda: read_result(store, "res"), result.resolve()),  # the version read
+    ):
+        with pytest.raises(StoreCorruptError) as info:
+            call()
+        message = str(info.value)
+        assert str(bad) in message
+        assert "damaged" in message
+        assert "\n" not in message
+    meta = store / "results/res/meta.json"
+    result.unlink()
+    shutil.copy(stores["none"] / f"runs/{RUN}/vocab.parquet", result)  # a whole Parquet again
+    meta.write_text("{ not json")
+    with pytest.raises(StoreCorruptError, match=str(meta.resolve())):
+        read_result(store, "res")

@@ -63,15 +63,13 @@ def token_ids(run: RunReader, token: str, match: Match = "exact") -> npt.NDArray
     ndarray of shape (n_ids,), int32
         Sorted ids; empty when nothing matches.
     """
-    import pyarrow.parquet as pq
-
     if match == "auto":
         exact = token_ids(run, token, "exact")
         return exact if len(exact) else token_ids(run, token, "stripped")
     norm = _norm(match)
-    if run.vocab_file is None:
+    table = run.vocab_table(["token_id", "token"])
+    if table is None:
         return np.zeros(0, np.int32)
-    table = pq.read_table(run.vocab_file, columns=["token_id", "token"])
     ids = table.column("token_id").to_numpy()
     strings = table.column("token").to_pylist()
     want = norm(token)
@@ -102,12 +100,11 @@ def require_token_ids(run: RunReader, token: str, match: Match = "auto") -> npt.
 def _case_hint(run: RunReader, token: str) -> str:
     """`` (it has 'dog': the vocabulary is case-sensitive / uncased)`` when only the case
     differs."""
-    import pyarrow.parquet as pq
-
-    if run.vocab_file is None:
+    table = run.vocab_table(["token"])
+    if table is None:
         return ""
     want = token.strip().casefold()
-    strings = pq.read_table(run.vocab_file, columns=["token"]).column("token").to_pylist()
+    strings = table.column("token").to_pylist()
     near = sorted({t.strip() for t in strings if t is not None and t.strip().casefold() == want})
     if not near:
         return ""
@@ -193,29 +190,26 @@ def _word_occurrences(
     A text repeated by several records is searched once (its records share its rows).
     """
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", 0 if case else re.IGNORECASE)
     docs: list[int] = []
     starts: list[int] = []
     ends: list[int] = []
     searched: set[int] = set()
-    for path in run.doc_files():
-        f = pq.ParquetFile(path)
-        for batch in f.iter_batches(columns=["doc_id", "text"], batch_size=8192):
-            text = batch.column(1)
-            hit = pc.match_substring(text, word, ignore_case=not case)
-            picked = batch.filter(pc.fill_null(hit, False))
-            for doc_id, t in zip(
-                picked.column(0).to_pylist(), picked.column(1).to_pylist(), strict=True
-            ):
-                if doc_id in searched:
-                    continue
-                searched.add(doc_id)
-                for m in pattern.finditer(t):
-                    docs.append(doc_id)
-                    starts.append(m.start())
-                    ends.append(m.end())
+    for batch in run.doc_batches(["doc_id", "text"]):
+        text = batch.column(1)
+        hit = pc.match_substring(text, word, ignore_case=not case)
+        picked = batch.filter(pc.fill_null(hit, False))
+        for doc_id, t in zip(
+            picked.column(0).to_pylist(), picked.column(1).to_pylist(), strict=True
+        ):
+            if doc_id in searched:
+                continue
+            searched.add(doc_id)
+            for m in pattern.finditer(t):
+                docs.append(doc_id)
+                starts.append(m.start())
+                ends.append(m.end())
     return docs, starts, ends
 
 

@@ -22,6 +22,7 @@ from zarr.storage import LocalStore
 
 from actstore.errors import ConfigError, RunExistsError, RunNotFoundError, StoreError
 from actstore.store._faults import crash_point
+from actstore.store._parquet import read_table
 from actstore.store.arrays import write_matrix
 from actstore.store.docs import write_docs
 from actstore.store.format import (
@@ -243,7 +244,7 @@ def _write_tokens(
     counts = np.zeros(vocab_size, dtype=np.int64)
     for k, prog in enumerate(progresses):
         for i, name in enumerate(prog["token_files"]):
-            table = pq.read_table(part_dir(store, run, k) / name)
+            table = read_table(part_dir(store, run, k) / name)
             rows = table.column("row").to_numpy() + offsets[k]
             table = table.set_column(0, "row", pa.array(rows, pa.int64()))
             ids = table.column("token_id").to_numpy()
@@ -265,7 +266,7 @@ def _write_tokens(
 
 def _write_vocab(store: Path, run: str, counts: Any) -> None:
     rdir = run_dir(store, run)
-    strings = pq.read_table(part_dir(store, run, 0) / VOCAB_STRINGS_NAME)
+    strings = read_table(part_dir(store, run, 0) / VOCAB_STRINGS_NAME)
     n = strings.num_rows
     table = strings.append_column("count", pa.array(counts[:n], pa.int64()))
     pq.write_table(table, rdir / VOCAB_NAME, compression="zstd")

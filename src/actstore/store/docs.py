@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from actstore.store._faults import crash_point
+from actstore.store._parquet import read_schema, read_table
 from actstore.store.format import (
     DOCS_DIR,
     DOCS_SCHEMA_BASE,
@@ -180,7 +181,7 @@ def write_docs(store: Path, run: str, progresses: Sequence[ProgressJSON]) -> int
     files = [
         [part_dir(store, run, k) / f for f in p["doc_files"]] for k, p in enumerate(progresses)
     ]
-    schema = unify_schemas(pq.read_schema(f) for part in files for f in part)
+    schema = unify_schemas(read_schema(f) for part in files for f in part)
     # docs files of this run that this commit does not write (an earlier run of the name
     # with more parts) and temp files of a killed commit go first
     keep = {docs_file_name(run, k) for k, part in enumerate(files) if part}
@@ -192,7 +193,7 @@ def write_docs(store: Path, run: str, progresses: Sequence[ProgressJSON]) -> int
     for k, part in enumerate(files):
         if not part:
             continue
-        table = pa.concat_tables([_conform(pq.read_table(f), schema) for f in part])
+        table = pa.concat_tables([_conform(read_table(f), schema) for f in part])
         n_docs += table.num_rows
         path = out / docs_file_name(run, k)
         tmp = temp_path(path)
@@ -210,7 +211,7 @@ def first_records(files: Iterable[Path]) -> dict[int, int]:
     """
     first: dict[int, int] = {}
     for path in files:
-        table = pq.read_table(path, columns=["doc_id", "record", "empty", "repeat_of"])
+        table = read_table(path, ["doc_id", "record", "empty", "repeat_of"])
         cols = [table.column(c).to_pylist() for c in table.column_names]
         for doc_id, record, empty, repeat_of in zip(*cols, strict=True):
             if not empty and repeat_of is None:
@@ -220,7 +221,7 @@ def first_records(files: Iterable[Path]) -> dict[int, int]:
 
 def has_records(path: Path) -> bool:
     """Whether the docs file ``path`` has the ``record`` column (else it is a legacy file)."""
-    return "record" in pq.read_schema(path).names
+    return "record" in read_schema(path).names
 
 
 def split_legacy(files: Iterable[Path]) -> tuple[list[Path], list[Path]]:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
-import pyarrow.parquet as pq
-
+from actstore.store._parquet import read_table
 from actstore.store.docs import LEGACY_RECORD_COLUMN, has_records
 from actstore.store.format import (
     DOCS_DIR,
@@ -73,7 +72,7 @@ def store_info(store: str | Path) -> dict[str, Any]:
     for f in sorted(docs_dir.glob("*.parquet")) if docs_dir.is_dir() else []:
         if any(docs_file_part(run, f.name) is not None for run in manifest["runs"]):
             number = "record" if has_records(f) else LEGACY_RECORD_COLUMN
-            table = pq.read_table(f, columns=[number, "doc_id"])
+            table = read_table(f, [number, "doc_id"])
             cols = [c.to_pylist() for c in table.columns]
             records.update(zip(*cols, strict=True))
     return {

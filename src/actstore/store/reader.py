@@ -6,8 +6,7 @@ run whose parts are not all done, does not exist for a reader. Nothing here writ
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from actstore.errors import (
     StoreError,
 )
 from actstore.store._gather import MapCache, PartArray, SiteArray
+from actstore.store._parquet import parquet_problem, read_batches, read_table
 from actstore.store.dtypes import logical_numpy_dtype, to_logical
 from actstore.store.format import (
     ARRAYS_DIR,
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from typing import TypeAlias
 
     import pandas as pd
+    import pyarrow as pa
 
     #: Global row ids: a sequence, an integer ndarray or a pandas Series.
     RowsLike: TypeAlias = Sequence[int] | npt.NDArray[np.integer[Any]] | pd.Series[Any]
@@ -80,30 +81,6 @@ def _check_run_json(meta: Any, path: Path) -> None:
             f"{path}: {problems[0]}; the run's record is damaged: restore run.json from a "
             "backup, or re-extract the run with --overwrite"
         )
-
-
-def parquet_problem(path: Path) -> str | None:
-    """What is wrong with the ends of the Parquet file ``path`` (None if they look whole).
-
-    Reads 4 bytes at the start and 8 at the end: a Parquet file starts and ends with
-    ``PAR1``, preceded at the end by the length of its footer. A truncated file fails this.
-    """
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size < 12:
-                return f"{size} bytes, too small to be a Parquet file"
-            head = f.read(4)
-            f.seek(size - 8)
-            tail = f.read(8)
-    except FileNotFoundError:
-        return "missing"
-    footer = int.from_bytes(tail[:4], "little")
-    if head != b"PAR1" or tail[4:] != b"PAR1":
-        return "not a whole Parquet file (no PAR1 mark at its start or end: truncated?)"
-    if footer + 12 > size:
-        return f"its footer of {footer:,} bytes does not fit in {size:,} bytes"
-    return None
 
 
 def as_row_array(rows: RowsLike, n_rows: int, what: str) -> npt.NDArray[np.int64]:
@@ -228,10 +205,41 @@ class RunReader:
         path = self.dir / VOCAB_NAME
         return path if path.is_file() else None
 
+    def vocab_table(self, columns: Sequence[str]) -> pa.Table | None:
+        """``columns`` of the run's ``vocab.parquet`` (None if it has none).
+
+        Raises
+        ------
+        StoreCorruptError
+            The file is truncated or does not decode.
+        """
+        path = self.vocab_file
+        return None if path is None else read_table(path, columns, fix=self._fix)
+
     def doc_files(self) -> list[Path]:
         """The docs Parquet files written by this run."""
         folder = self.store / DOCS_DIR
         return sorted(folder.glob(f"{self.name}.part-*.parquet")) if folder.is_dir() else []
+
+    def doc_batches(
+        self, columns: Sequence[str], batch_size: int = 8192
+    ) -> Iterator[pa.RecordBatch]:
+        """``columns`` of the run's docs files, streamed in record batches.
+
+        Raises
+        ------
+        StoreCorruptError
+            A docs file is truncated or does not decode.
+        """
+        for path in self.doc_files():
+            yield from read_batches(path, columns, batch_size, fix=self._fix)
+
+    @property
+    def _fix(self) -> str:
+        return (
+            "the store is damaged: restore the file from a backup, or re-extract run "
+            f"{self.name!r} with --overwrite"
+        )
 
     def site_array(self, site: str) -> SiteArray:
         """The row array of ``site`` over all parts (global rows)."""

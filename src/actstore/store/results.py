@@ -27,7 +27,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from actstore.errors import ConfigError, ResultNotFoundError
+from actstore.errors import ConfigError, ResultNotFoundError, StoreCorruptError
+from actstore.store._parquet import corrupt_file, read_table
 from actstore.store.format import ARRAYS_DIR, RESULT_META, RESULT_TABLE, RESULTS_DIR
 from actstore.store.manifest import read_manifest, store_lock
 from actstore.store.writable import write_errors
@@ -285,15 +286,19 @@ def read_result(store: str | Path, name: str) -> tuple[pa.Table, dict[str, Any],
                 continue
             have = ", ".join(list_results(store)) or "none"
             raise ResultNotFoundError(f"no result {name!r} in {store} (results: {have})")
+        fix = f"the saved result {name!r} is damaged: save it again"
         try:
-            arrays = {
-                f.stem: np.load(f, mmap_mode="r")
-                for f in sorted((folder / ARRAYS_DIR).glob("*.npy"))
-            }
-            meta = json.loads((folder / RESULT_META).read_text())
-            return pq.read_table(folder / RESULT_TABLE), meta, arrays
-        except FileNotFoundError:
-            continue
+            arrays = {}
+            for f in sorted((folder / ARRAYS_DIR).glob("*.npy")):
+                with corrupt_file(f, fix):
+                    arrays[f.stem] = np.load(f, mmap_mode="r")
+            with corrupt_file(folder / RESULT_META, fix):
+                meta = json.loads((folder / RESULT_META).read_text())
+            return read_table(folder / RESULT_TABLE, fix=fix), meta, arrays
+        except StoreCorruptError as e:
+            if isinstance(e.__cause__, FileNotFoundError):  # pruned meanwhile
+                continue
+            raise
     raise ResultNotFoundError(f"result {name!r} in {store} kept changing while being read")
 
 
