@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +220,33 @@ def test_map_cache_bounds_open_files(store: Path) -> None:
     rows = np.arange(r.n_rows)[::-1]
     assert same(r.gather("hidden.0", rows), ref[rows])
     assert len(reader.maps._views) <= 1
+
+
+def test_docs_files_of_a_run_are_matched_exactly(tmp_path: Path) -> None:
+    """Run ``a`` does not pick up the docs files of runs ``a.part-0000`` or ``ab``, nor a
+    stray file named like them (reader and ``info`` alike)."""
+    import pyarrow.parquet as pq
+
+    from actstore.store.format import docs_file_name
+    from actstore.store.info import store_info
+
+    store = tmp_path / "s.acts"
+    runs = {"a": (2, 2), "a.part-0000": (3, 1), "ab": (4, 1)}  # name: (docs, parts)
+    for name, (n, parts) in runs.items():
+        write_synthetic_run(
+            store, name, n_docs=n, tokens_per_doc=3, d=4, vocab_size=10, num_parts=parts
+        )
+    reader = StoreReader(store)
+    for name, (n, parts) in runs.items():
+        files = reader.run(name).doc_files()
+        assert [f.name for f in files] == [docs_file_name(name, k) for k in range(parts)]
+        assert sum(pq.read_metadata(f).num_rows for f in files) == n
+    # only run "a" left: a stray docs file named like a part of it is not its docs
+    alone = tmp_path / "alone.acts"
+    write_synthetic_run(alone, "a", n_docs=2, tokens_per_doc=3, d=4, vocab_size=10)
+    stray = store / "docs" / docs_file_name("ab", 0)  # 4 records
+    for name in ("a.part-0000.part-0000.parquet", "ab.part-0000.parquet"):
+        shutil.copy(stray, alone / "docs" / name)
+    assert len(list((alone / "docs").glob("*.parquet"))) == 3
+    assert [f.name for f in StoreReader(alone).run("a").doc_files()] == [docs_file_name("a", 0)]
+    assert store_info(alone)["docs"] == 2

@@ -36,6 +36,7 @@ from actstore.store.format import (
     ManifestJSON,
     RunJSON,
     SiteJSON,
+    docs_file_part,
     part_array_path,
     run_dir,
     staging_dir,
@@ -217,9 +218,14 @@ class RunReader:
         return None if path is None else read_table(path, columns, fix=self._fix)
 
     def doc_files(self) -> list[Path]:
-        """The docs Parquet files written by this run."""
+        """The docs Parquet files written by this run, by part: exactly its own names
+        (``docs/<run>.part-KKKK.parquet``), not those of a run ``<run>.part-0000`` or
+        ``<run>x``."""
         folder = self.store / DOCS_DIR
-        return sorted(folder.glob(f"{self.name}.part-*.parquet")) if folder.is_dir() else []
+        if not folder.is_dir():
+            return []
+        found = {docs_file_part(self.name, f.name): f for f in folder.glob("*.parquet")}
+        return [found[k] for k in sorted(k for k in found if k is not None)]
 
     def doc_batches(
         self, columns: Sequence[str], batch_size: int = 8192
