@@ -215,6 +215,23 @@ def _build_bert() -> tuple[Any, Any]:
     return BertModel(config), tokenizer
 
 
+def _build_bert_mlm() -> tuple[Any, Any]:
+    """A BERT saved with its MLM head (``BertForMaskedLM``: transform + tied decoder)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    tokenizer = _bert_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return BertForMaskedLM(config), tokenizer
+
+
 def _build_mistral() -> tuple[Any, Any]:
     from transformers import MistralConfig, MistralForCausalLM
 
@@ -440,6 +457,7 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "qwen2": _build_qwen2,
     "bert": _build_bert,
     # Not in the session fixture; built by the tests that check every registered adapter.
+    "bert_mlm": _build_bert_mlm,
     "mistral": _build_mistral,
     "qwen3": _build_qwen3,
     "distilbert": _build_distilbert,
@@ -455,7 +473,7 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
 
 #: Builders whose 1-D weights (norm scales, biases) are randomised too, so that a norm
 #: read as ``w`` instead of ``1 + w`` (Gemma), or a bias left out, changes the numbers.
-RANDOM_1D = frozenset({"gemma", "gemma2", "opt", "opt350m", "cohere", "gptj"})
+RANDOM_1D = frozenset({"gemma", "gemma2", "opt", "opt350m", "cohere", "gptj", "bert_mlm"})
 
 
 def save_tiny_model(arch: str, folder: Path, seed: int = 0) -> Path:

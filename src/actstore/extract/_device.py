@@ -31,12 +31,14 @@ class DeviceLoop:
         config: ExtractConfig,
         vocab_size: int,
         dims: dict[str, int],
+        grad: Any = None,
     ) -> None:
         import torch
 
         self.torch = torch
         self.lm = lm
         self.capture = capture
+        self.grad = grad  # a GradientPass for runs with grad.* sites
         self.sites = sites
         self.device = lm.device
         self.cuda = lm.device.type == "cuda"
@@ -60,7 +62,14 @@ class DeviceLoop:
                 for s in sites
             }
 
-    def run_batch(self, batch: list[Segment], counts: Counter[str]) -> tuple[Any, Any, Any]:
+    def begin_pool(self, pool: Any) -> None:
+        """Prepare a pool's batches (a gradient run checks its docs and computes targets)."""
+        if self.grad is not None:
+            self.grad.begin_pool(pool)
+
+    def run_batch(
+        self, batch: list[Segment], counts: Counter[str]
+    ) -> tuple[Any, Any, Any, dict[str, Any] | None]:
         torch = self.torch
         width = max(len(s.ids) for s in batch)
         ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
@@ -82,7 +91,15 @@ class DeviceLoop:
             ids_t, mask_t, flat_t = (
                 t.pin_memory().to(self.device, non_blocking=True) for t in (ids_t, mask_t, flat_t)
             )
-        outs = self.capture(ids_t, mask_t)
+        losses = None
+        if self.grad is not None:
+            outs, loss_t = self.grad(ids_t, mask_t, batch)
+            losses = {
+                "doc_id": np.array([s.doc_id for s in batch], np.int64),
+                "loss": loss_t.double().cpu().numpy(),
+            }
+        else:
+            outs = self.capture(ids_t, mask_t)
         host = {}
         token_ids = ids_t.reshape(-1).index_select(0, flat_t)
         if self.centroids:
@@ -119,7 +136,7 @@ class DeviceLoop:
             event = torch.cuda.Event()
             event.record()
         tokens = _token_columns(batch)
-        return event, host, tokens
+        return event, host, tokens, losses
 
     def check_overflow(self, counts: Counter[str]) -> None:
         if self.dtype != "float16":

@@ -109,11 +109,11 @@ class _Writer(threading.Thread):
                 t0 = time.perf_counter()
                 kind, payload = item
                 if kind == "batch":
-                    event, host, tokens = payload
+                    event, host, tokens, losses = payload
                     if event is not None:
                         event.synchronize()
                     arrays = {s: _as_numpy(host[s]) for s in self.sites}
-                    self.part.add_batch(arrays, tokens)
+                    self.part.add_batch(arrays, tokens, losses)
                 else:
                     self.checkpoints.append(self.part.checkpoint(**payload))
                 self.seconds += time.perf_counter() - t0
@@ -249,6 +249,7 @@ def run_pools(
                 pool_tokens = sum(len(sg.ids) for b in pool.batches for sg in b) or 1
                 done_tokens = sum(len(sg.ids) for b in pool.batches[:skip] for sg in b)
                 span = pool.consumed - records
+                loop.begin_pool(pool)
                 last = time.perf_counter()
                 for i in range(skip, len(pool.batches)):
                     t0 = time.perf_counter()

@@ -18,7 +18,7 @@ from actstore.errors import ModelLoadError
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["ADAPTERS", "Adapter", "adapter_for", "is_causal_config"]
+__all__ = ["ADAPTERS", "Adapter", "adapter_for", "is_causal_config", "is_masked_lm_config"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,10 @@ class Adapter:
     embed_proj: str | None = None
     """Path of a linear projection of the token embeddings before block 0 (OPT-350m's
     ``decoder.project_in``); exported as the ``embed_proj.*`` matrices."""
+    mlm_transform: tuple[str, str] | None = None
+    """Paths, relative to the *full* masked-LM model, of its MLM head's dense layer and
+    LayerNorm (``dense -> activation -> LayerNorm``, then the decoder), exported as the
+    ``mlm_transform.*`` / ``mlm_norm.*`` matrices when a checkpoint has the head."""
 
     def resolve(self, base: nn.Module) -> Adapter:
         """This adapter with the optional modules (``final_norm``, ``final_proj``,
@@ -135,6 +139,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         hidden0="output of the embeddings module (word + position + token-type embeddings, "
         "then LayerNorm): the input of encoder layer 0",
         hidden_last=_BERT_LAST,
+        mlm_transform=("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm"),
     ),
     Adapter(
         name="roberta",
@@ -146,6 +151,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         "then LayerNorm): the input of encoder layer 0",
         hidden_last=_BERT_LAST,
         position_offset=2,
+        mlm_transform=("lm_head.dense", "lm_head.layer_norm"),
     ),
     Adapter(
         name="distilbert",
@@ -156,6 +162,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         hidden0="output of the embeddings module (word + position embeddings, then "
         "LayerNorm): the input of transformer layer 0",
         hidden_last=_BERT_LAST,
+        mlm_transform=("vocab_transform", "vocab_layer_norm"),
     ),
     _decoder(
         name="gpt2",
@@ -238,6 +245,13 @@ def is_causal_config(config: Any) -> bool:
     """Whether ``config.architectures`` names a causal LM (a model with an output head)."""
     archs = getattr(config, "architectures", None) or []
     return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+
+
+def is_masked_lm_config(config: Any) -> bool:
+    """Whether ``config.architectures`` names a masked LM (a checkpoint saved with its MLM
+    head, e.g. ``BertForMaskedLM``); such models are loaded with their head."""
+    archs = getattr(config, "architectures", None) or []
+    return any(str(a).endswith("ForMaskedLM") for a in archs)
 
 
 def _infer(config: Any, base: nn.Module) -> Adapter | None:

@@ -11,7 +11,11 @@ from actstore.store.arrays import Codec, Layout
 from actstore.store.dtypes import check_storage_dtype
 from actstore.store.format import RUN_NAME, StorageDType
 
-__all__ = ["IDENTITY_EXCLUDED", "ExtractConfig", "check_run_name"]
+__all__ = ["IDENTITY_EXCLUDED", "OBJECTIVES", "ExtractConfig", "Objective", "check_run_name"]
+
+Objective = Literal["kl-to-prompt", "target-tokens", "cosine-to-text"]
+#: The objectives grad.* sites can differentiate (see :mod:`actstore.extract.objectives`).
+OBJECTIVES: tuple[str, ...] = ("kl-to-prompt", "target-tokens", "cosine-to-text")
 
 
 #: Fields that do not change what is stored, so a job may resume with other values.
@@ -70,7 +74,21 @@ class ExtractConfig:
     run: str
     """Run name inside the store (letters, digits, '_', '-', '.')."""
     sites: str = "all"
-    """Comma-separated sites: hidden.i (0 = embedding output), module:<path>, or all."""
+    """Comma-separated sites: hidden.i (0 = embedding output), module:<path>, or all; with
+    an objective also grad.embed (gradient w.r.t. the input token embeddings) and
+    grad.hidden.i (w.r.t. hidden.i)."""
+    objective: Objective | None = None
+    """Scalar loss per doc whose gradients grad.* sites store (docs/format.md, gradients):
+    kl-to-prompt, target-tokens or cosine-to-text; its value per doc goes to the losses
+    table."""
+    objective_target: str | None = None
+    """The objective's target for every doc: the target prompt (kl-to-prompt), the target
+    text (cosine-to-text) or the target tokens as text (target-tokens)."""
+    objective_target_field: str | None = None
+    """Corpus field holding each doc's own objective target (instead of objective_target)."""
+    objective_position: Literal["auto", "mask", "last"] = "auto"
+    """Positions the objective reads predictions at: mask (every mask token, e.g. [MASK]),
+    last (the last token), or auto (mask for masked LMs, last for causal LMs)."""
     dtype: StorageDType = "float16"
     """Storage dtype of the activations: float32, float16 or bfloat16."""
     text_field: str | None = None
@@ -177,6 +195,7 @@ class ExtractConfig:
             parse_device_map(self.device_map, self.max_memory, self.device)
         elif self.max_memory is not None:
             raise ConfigError("max_memory applies with device_map; add --device-map auto")
+        self._check_objective()
         self.layout()  # validates chunk/shard/codec
         self._check_engine()
 
@@ -209,6 +228,35 @@ class ExtractConfig:
             raise ConfigError(f"engine must be local or ray, got {self.engine!r}")
         if self.max_retries < 0:
             raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}")
+
+    def _check_objective(self) -> None:
+        grads = [p for p in self.sites.split(",") if p.strip().startswith("grad.")]
+        if self.objective is None:
+            if grads:
+                raise ConfigError(
+                    f"site {grads[0].strip()!r} needs an objective to differentiate; add "
+                    f"--objective {'|'.join(OBJECTIVES)} (see docs/format.md, gradients)"
+                )
+            if self.objective_target is not None or self.objective_target_field is not None:
+                raise ConfigError("objective_target(_field) applies with --objective")
+            return
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        if not grads:
+            raise ConfigError(
+                f"--objective {self.objective} stores gradients only at grad.* sites; add "
+                "grad.embed (and/or grad.hidden.<i>) to --sites"
+            )
+        if (self.objective_target is None) == (self.objective_target_field is None):
+            raise ConfigError(
+                f"--objective {self.objective} needs exactly one target: --objective-target "
+                "TEXT (the same for every doc) or --objective-target-field FIELD (per doc)"
+            )
+        if self.long_docs == "window":
+            raise ConfigError(
+                "grad.* sites need one forward pass per doc; --long-docs window splits long "
+                "docs into several, use --long-docs truncate (the default)"
+            )
 
     def layout(self) -> Layout:
         """The Zarr layout these options ask for."""

@@ -17,7 +17,7 @@ from actstore.extract.check import dummy_batch, rel_diff, tolerance
 from actstore.extract.model import LoadedModel
 from actstore.extract.sites import forward_kwargs
 
-__all__ = ["LOGIT_KEYS", "NormSpec", "head_info", "matrices", "norm_spec"]
+__all__ = ["LOGIT_KEYS", "MLM_ACTS", "NormSpec", "head_info", "matrices", "mlm_act", "norm_spec"]
 
 #: Logit transforms read from the model config, applied after ``unembed`` in this order:
 #: ``z * logit_scale`` (Cohere), ``z / logits_scaling`` (Granite), then
@@ -36,7 +36,32 @@ def _module(lm: LoadedModel, path: str | None) -> Any:
 
 
 def _output_head(lm: LoadedModel) -> Any:
-    return lm.model.get_output_embeddings() if lm.adapter.causal else None
+    return lm.model.get_output_embeddings() if lm.lm_head is not None else None
+
+
+#: Activations of a masked LM head's transform the offline head can apply (found by
+#: running the model: the one whose logits match is recorded as ``head.mlm_transform.act``).
+MLM_ACTS = ("gelu", "gelu_tanh", "relu")
+
+
+def mlm_act(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Apply one of :data:`MLM_ACTS` to ``x``."""
+    if name == "gelu":
+        return torch.nn.functional.gelu(x)
+    if name == "gelu_tanh":
+        return torch.nn.functional.gelu(x, approximate="tanh")
+    return torch.relu(x)
+
+
+def _mlm_modules(lm: LoadedModel) -> tuple[Any, Any] | None:
+    """The MLM head's dense layer and LayerNorm, or None (no masked-LM head)."""
+    paths = lm.adapter.mlm_transform
+    if lm.lm_head != "masked" or paths is None:
+        return None
+    try:
+        return lm.model.get_submodule(paths[0]), lm.model.get_submodule(paths[1])
+    except AttributeError:
+        return None
 
 
 def _tensor(module: Any, name: str) -> torch.Tensor | None:
@@ -56,7 +81,10 @@ def matrices(lm: LoadedModel) -> dict[str, npt.NDArray[np.float32]]:
         ``"final_norm.weight"`` / ``"final_norm.bias"`` of shape (d,) where present; with a
         projection after it (OPT-350m) ``"final_proj.weight"`` of shape (d_out, d) (and
         ``.bias``); with a projection of the embeddings before block 0 ``"embed_proj.weight"``
-        of shape (d, d_embed) (and ``.bias``).
+        of shape (d, d_embed) (and ``.bias``); for a masked LM with its head
+        ``"mlm_transform.weight"`` (d, d), ``"mlm_transform.bias"`` and
+        ``"mlm_norm.weight"`` / ``"mlm_norm.bias"`` (the head's dense layer and LayerNorm,
+        applied before ``unembed``).
     """
     out = {"embed": _np32(lm.model.get_input_embeddings().weight)}
     head = _output_head(lm)
@@ -64,6 +92,12 @@ def matrices(lm: LoadedModel) -> dict[str, npt.NDArray[np.float32]]:
         out["unembed"] = _np32(head.weight)
         if (bias := _tensor(head, "bias")) is not None:
             out["unembed.bias"] = _np32(bias)
+    mlm = _mlm_modules(lm)
+    if mlm is not None:
+        for prefix, module in zip(("mlm_transform", "mlm_norm"), mlm, strict=True):
+            for pname in ("weight", "bias"):
+                if (p := _tensor(module, pname)) is not None:
+                    out[f"{prefix}.{pname}"] = _np32(p)
     for prefix, path in (
         ("final_norm", lm.adapter.final_norm),
         ("final_proj", lm.adapter.final_proj),
@@ -185,8 +219,24 @@ def _offline_logits(z: torch.Tensor, transforms: dict[str, float]) -> torch.Tens
     return z
 
 
+def _mlm_apply(x: torch.Tensor, mlm: tuple[Any, Any], act: str, spec: NormSpec) -> torch.Tensor:
+    """The MLM head's transform on ``x`` in float64: LayerNorm(act(dense(x)))."""
+    dense, norm = mlm
+    x = x @ dense.weight.double().T
+    if (b := _tensor(dense, "bias")) is not None:
+        x = x + b.double()
+    x = mlm_act(act, x)
+    w, b = _tensor(norm, "weight"), _tensor(norm, "bias")
+    return spec.apply(x, None if w is None else w.double(), None if b is None else b.double())
+
+
 def _check(
-    lm: LoadedModel, head: Any, spec: NormSpec | None, transforms: dict[str, float]
+    lm: LoadedModel,
+    head: Any,
+    spec: NormSpec | None,
+    transforms: dict[str, float],
+    mlm: tuple[Any, Any] | None = None,
+    mlm_spec: NormSpec | None = None,
 ) -> dict[str, object]:
     """Compare the recorded head with the model on a dummy batch.
 
@@ -216,10 +266,28 @@ def _check(
     last = out.hidden_states[-1].double()
     result: dict[str, object] = {}
 
-    z = last @ head.weight.double().T
-    if (bias := _tensor(head, "bias")) is not None:
-        z = z + bias.double()
-    logits_diff = rel_diff(_offline_logits(z, transforms)[real], out.logits[real])
+    def logits_of(x: torch.Tensor) -> torch.Tensor:
+        z = x @ head.weight.double().T
+        if (bias := _tensor(head, "bias")) is not None:
+            z = z + bias.double()
+        return _offline_logits(z, transforms)
+
+    if mlm is None or mlm_spec is None:
+        logits_diff = rel_diff(logits_of(last)[real], out.logits[real])
+    else:  # the activation is the one whose logits match
+        diffs = {
+            act: rel_diff(logits_of(_mlm_apply(last, mlm, act, mlm_spec))[real], out.logits[real])
+            for act in MLM_ACTS
+        }
+        act = min(diffs, key=lambda a: diffs[a] if math.isfinite(diffs[a]) else math.inf)
+        logits_diff = diffs[act]
+        result["mlm_transform"] = {
+            "act": act,
+            "norm": mlm_spec.to_json(
+                lm.adapter.mlm_transform[1] if lm.adapter.mlm_transform else None
+            ),
+            "dense": lm.adapter.mlm_transform[0] if lm.adapter.mlm_transform else None,
+        }
     if not logits_diff <= tol:
         steps = ", ".join(transforms) or "no logit transform"
         result["unsupported"] = (
@@ -285,7 +353,10 @@ def head_info(lm: LoadedModel) -> dict[str, object]:
         output head ``check`` (relative differences on the dummy batch: ``logits``, model
         logits vs the offline head at ``hidden.L``; ``final``, ``hidden.L`` vs the final
         norm and projection applied to the last block's output; ``tolerance``), plus
-        ``unsupported`` / ``lens_unsupported`` (one-line reasons) where a check failed.
+        ``unsupported`` / ``lens_unsupported`` (one-line reasons) where a check failed;
+        ``lm_head`` (``"causal"``, ``"masked"`` or None) and for a masked LM
+        ``mlm_transform`` (``{"act", "norm", "dense"}``: the head's transform, applied
+        before ``unembed`` at every site).
     """
     head = _output_head(lm)
     embed = lm.model.get_input_embeddings().weight
@@ -307,6 +378,9 @@ def head_info(lm: LoadedModel) -> dict[str, object]:
         if isinstance(value, int | float) and not isinstance(value, bool):
             transforms[key] = float(value)
     info.update(transforms)
+    mlm = _mlm_modules(lm)
+    mlm_spec = None if mlm is None else norm_spec(lm, mlm[1])
+    info["lm_head"] = lm.lm_head
     if head is not None:
-        info.update(_check(lm, head, spec, transforms))
+        info.update(_check(lm, head, spec, transforms, mlm, mlm_spec))
     return info

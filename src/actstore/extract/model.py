@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from actstore.errors import ConfigError, ModelLoadError
-from actstore.extract.adapters import Adapter, adapter_for, is_causal_config
+from actstore.extract.adapters import Adapter, adapter_for, is_causal_config, is_masked_lm_config
 
 __all__ = ["LoadedModel", "load_model"]
 
@@ -40,7 +40,8 @@ class LoadedModel:
     """A model ready for extraction: eval mode, on its device, in its compute dtype."""
 
     model: Any
-    """The full Hugging Face model (with its output head for causal LMs)."""
+    """The full Hugging Face model (with its output head for causal LMs, and for masked
+    LMs whose checkpoint was saved with its MLM head)."""
     base: Any
     """``model.base_model``: what the forward pass runs on (no logits)."""
     tokenizer: Any
@@ -61,6 +62,9 @@ class LoadedModel:
     """JSON-able model identity: id, path, revision, weights_hash, class, config, ..."""
     tokenizer_info: dict[str, object] = field(default_factory=dict)
     """JSON-able tokenizer description: class, vocab_size, special tokens, padding."""
+    lm_head: Literal["causal", "masked"] | None = None
+    """The output head the model was loaded with: a causal LM's, a masked LM's (BERT-style
+    ``*ForMaskedLM`` checkpoints), or None (an encoder without a head, e.g. MiniLM)."""
 
 
 # ---------------------------------------------------------------------------- loading
@@ -256,7 +260,13 @@ def load_model(
     ConfigError
         ``device`` or ``compute_dtype`` is not valid.
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoTokenizer,
+    )
 
     folder = _resolve_source(model)
     source = str(folder) if folder is not None else model
@@ -284,7 +294,8 @@ def load_model(
     except ModelLoadError:
         adapter = None  # infer it from the loaded module tree below
     causal = adapter.causal if adapter is not None else is_causal_config(config)
-    auto_cls = AutoModelForCausalLM if causal else AutoModel
+    masked = not causal and is_masked_lm_config(config)
+    auto_cls = AutoModelForCausalLM if causal else AutoModelForMaskedLM if masked else AutoModel
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     from transformers.utils import logging as hf_logging
 
@@ -371,6 +382,7 @@ def load_model(
         max_length=_max_length(tokenizer, config, adapter),
         info=info,
         tokenizer_info=_tokenizer_info(tokenizer),
+        lm_head="causal" if causal else "masked" if masked else None,
     )
     from actstore.extract.check import check_hidden_sites
 

@@ -30,7 +30,7 @@ from actstore.extract.corpus import Corpus, Doc, open_corpus
 from actstore.extract.progress import ExtractProgress, ProgressBar
 from actstore.store.claim import prepare_run
 from actstore.store.commit import try_commit
-from actstore.store.format import PROGRESS_VERSION, RunJSON
+from actstore.store.format import PROGRESS_VERSION, PartMetaJSON, RunJSON
 from actstore.store.locks import check_part_free
 from actstore.store.manifest import remove_store_if_unused, use_store
 from actstore.store.part import PartWriter, Progress, discard_part, load_progress, now_iso
@@ -64,8 +64,12 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _identity(config: ExtractConfig, lm: Any, sites: list[Any], corpus: Corpus) -> dict[str, Any]:
+def _identity(
+    config: ExtractConfig, lm: Any, sites: list[Any], corpus: Corpus, objective: Any = None
+) -> dict[str, Any]:
     ident = config.identity()
+    if objective is not None:
+        ident["objective_position"] = objective.position
     ident.update(
         sites=[s.name for s in sites],
         max_length=config.max_length or lm.max_length,
@@ -207,7 +211,12 @@ def _extract(
     )
     sites = parse_sites(config.sites, lm)
     pooler = _pooler(config, lm)  # validates max_length against the tokenizer
-    identity = _identity(config, lm, sites, corpus)
+    objective = None
+    if any(s.kind == "grad" for s in sites):
+        from actstore.extract.objectives import Objective
+
+        objective = Objective(lm, config)  # refuses a missing head before the store changes
+    identity = _identity(config, lm, sites, corpus, objective)
     done = held.enter_context(
         prepare_run(
             store,
@@ -229,11 +238,23 @@ def _extract(
     if resume is not None and resume["version"] != PROGRESS_VERSION:
         resume = None  # staged by an older actstore (its docs lack records): start afresh
 
-    capture = SiteCapture(lm, sites)
-    dims = capture.probe()
+    grad = None
+    if objective is not None:
+        from actstore.extract.gradients import GradientPass, grad_dims
+
+        grad = GradientPass(lm, sites, objective)
+        capture: Any = grad
+        probed = grad.capture.probe()
+        probed.update(grad_dims(lm, sites, probed))
+    else:
+        capture = SiteCapture(lm, sites)
+        probed = capture.probe()
+    dims = {s.name: probed[s.name] for s in sites}
     mats = matrices(lm)
-    part = _start_part(config, lm, sites, dims, mats, identity, resume)
-    loop = DeviceLoop(lm, capture, [s.name for s in sites], config, len(mats["embed"]), dims)
+    part = _start_part(config, lm, sites, dims, mats, identity, resume, objective)
+    loop = DeviceLoop(
+        lm, capture, [s.name for s in sites], config, len(mats["embed"]), dims, grad=grad
+    )
     saved = part.saved_centroids() if config.centroids else None
     if saved is not None:
         loop.load_centroids(saved)
@@ -289,7 +310,11 @@ def _open_corpus(config: ExtractConfig) -> Corpus:
         text_field=config.text_field,
         encoding_errors=config.encoding_errors,
     )
-    next(iter(corpus), None)  # fail on an unreadable first record before touching the store
+    first = next(iter(corpus), None)  # fail on an unreadable first record before the store
+    if config.objective_target_field is not None:
+        from actstore.extract.objectives import check_target_field
+
+        check_target_field(config, first)
     return corpus
 
 
@@ -301,6 +326,7 @@ def _start_part(
     mats: dict[str, Any],
     identity: dict[str, Any],
     resume: Progress | None,
+    objective: Any = None,
 ) -> PartWriter:
     """Open this job's part (afresh, or at its checkpoint) and write what it starts with."""
     from actstore.extract.head import head_info
@@ -315,29 +341,30 @@ def _start_part(
         resume=resume,
     )
     vocab_size = int(mats["embed"].shape[0])
-    part.write_meta(
-        {
-            "identity": identity,
-            "config": {**config.to_json(), **identity, "device": str(lm.device)},
-            "model": lm.info,
-            "tokenizer": lm.tokenizer_info,
-            "sites": [
-                {
-                    "name": s.name,
-                    "d": dims[s.name],
-                    "dtype": config.dtype,
-                    "describes": _describe(lm, s),
-                }
-                for s in sites
-            ],
-            "matrices": {k: list(v.shape) for k, v in mats.items()},
-            "head": head_info(lm),
-            "dtype": config.dtype,
-            "vocab_size": vocab_size,
-            "versions": _versions(),
-            "created_at": now_iso(),
-        }
-    )
+    meta: PartMetaJSON = {
+        "identity": identity,
+        "config": {**config.to_json(), **identity, "device": str(lm.device)},
+        "model": lm.info,
+        "tokenizer": lm.tokenizer_info,
+        "sites": [
+            {
+                "name": s.name,
+                "d": dims[s.name],
+                "dtype": config.dtype,
+                "describes": _describe(lm, s),
+            }
+            for s in sites
+        ],
+        "matrices": {k: list(v.shape) for k, v in mats.items()},
+        "head": head_info(lm),
+        "dtype": config.dtype,
+        "vocab_size": vocab_size,
+        "versions": _versions(),
+        "created_at": now_iso(),
+    }
+    if objective is not None:
+        meta["objective"] = objective.to_json(lm)
+    part.write_meta(meta)
     if not part.has_vocab_strings:
         part.write_vocab_strings(_vocab_strings(lm, vocab_size))
     if config.shard == 0:
@@ -405,6 +432,14 @@ def _return_freed_memory_to_os() -> None:
 
 
 def _describe(lm: Any, site: Any) -> str:
+    if site.kind == "grad":
+        wrt = (
+            "the input token embeddings (the input embedding module's output, before "
+            "positions, scaling or projections; row of the embed matrix + gradient step)"
+            if site.index is None
+            else f"hidden.{site.index}"
+        )
+        return f"gradient of the run's objective (run.json objective) with respect to {wrt}"
     if site.kind == "module":
         return f"output of module {site.module_path}"
     if site.index == 0:

@@ -24,7 +24,8 @@ from actstore.extract.model import LoadedModel
 __all__ = ["Site", "SiteCapture", "forward_kwargs", "list_modules", "parse_sites", "valid_sites"]
 
 _SITE_FORMS = (
-    "'all', 'hidden.<i>' (0 <= i <= {L}), or 'module:<dotted.path>' "
+    "'all', 'hidden.<i>' (0 <= i <= {L}), 'module:<dotted.path>', or with an objective "
+    "'grad.embed' and 'grad.hidden.<i>' "
     "(comma-separated, e.g. 'hidden.0,hidden.{L},module:{example}')"
 )
 
@@ -35,10 +36,11 @@ class Site:
 
     name: str
     """``"hidden.3"`` or ``"module:encoder.layer.2.attention.output"``."""
-    kind: Literal["hidden", "module"]
-    """Hidden state (HF ``output_hidden_states`` index) or a module's output."""
+    kind: Literal["hidden", "module", "grad"]
+    """Hidden state (HF ``output_hidden_states`` index), a module's output, or the
+    gradient of the run's objective (``grad.embed``, ``grad.hidden.<i>``)."""
     index: int | None = None
-    """Hidden-state index, for ``kind == "hidden"``."""
+    """Hidden-state index, for ``kind == "hidden"`` and for ``grad.hidden.<i>``."""
     module_path: str | None = None
     """Dotted path relative to the base model, for ``kind == "module"``."""
 
@@ -99,7 +101,8 @@ def parse_sites(spec: str | Sequence[str], lm: LoadedModel) -> list[Site]:
     Returns
     -------
     list of Site
-        Without duplicates: hidden sites by index, then module sites in the given order.
+        Without duplicates: hidden sites by index, then module sites in the given order,
+        then ``grad.embed`` and the ``grad.hidden.<i>`` by index.
 
     Raises
     ------
@@ -115,6 +118,8 @@ def parse_sites(spec: str | Sequence[str], lm: LoadedModel) -> list[Site]:
     if not parts:
         raise SiteError(f"no sites given; expected {forms}")
     hidden: set[int] = set()
+    grad_hidden: set[int] = set()
+    grad_embed = False
     module_sites: dict[str, Site] = {}
     modules = dict(lm.base.named_modules())
     for part in parts:
@@ -128,13 +133,27 @@ def parse_sites(spec: str | Sequence[str], lm: LoadedModel) -> list[Site]:
                     "pick one of them"
                 )
             hidden.add(i)
+        elif part == "grad.embed":
+            grad_embed = True
+        elif m := re.fullmatch(r"grad\.hidden\.(\d+)", part):
+            i = int(m.group(1))
+            if i > n:
+                raise SiteError(
+                    f"site {part!r}: layer out of range: model has hidden.0..hidden.{n}; "
+                    "pick one of them"
+                )
+            grad_hidden.add(i)
         elif part.startswith("module:") and part[len("module:") :].strip(". "):
             site = _module_site(part[len("module:") :].strip(), lm, modules)
             module_sites.setdefault(site.name, site)
         else:
             raise SiteError(f"malformed site {part!r}: expected {forms}")
-    return [Site(name=f"hidden.{i}", kind="hidden", index=i) for i in sorted(hidden)] + list(
-        module_sites.values()
+    grads = [Site(name="grad.embed", kind="grad")] if grad_embed else []
+    grads += [Site(name=f"grad.hidden.{i}", kind="grad", index=i) for i in sorted(grad_hidden)]
+    return (
+        [Site(name=f"hidden.{i}", kind="hidden", index=i) for i in sorted(hidden)]
+        + list(module_sites.values())
+        + grads
     )
 
 
@@ -171,21 +190,30 @@ class SiteCapture:
     ----------
     lm : LoadedModel
     sites : sequence of Site
-        From :func:`parse_sites`.
+        From :func:`parse_sites` (``grad.*`` sites are not captured here; see
+        :mod:`actstore.extract.gradients`).
+    stop_early : bool
+        Stop the forward pass once every site is captured (False for gradient runs, whose
+        objective needs the model's output).
     """
 
-    def __init__(self, lm: LoadedModel, sites: Sequence[Site]) -> None:
-        if not sites:
+    def __init__(self, lm: LoadedModel, sites: Sequence[Site], *, stop_early: bool = True) -> None:
+        sites = [s for s in sites if s.kind != "grad"]
+        if not sites and stop_early:
             raise SiteError("no sites to capture; pass at least one site from parse_sites")
         self.lm = lm
+        self.stop_early = stop_early
         self.sites: tuple[Site, ...] = tuple(sites)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._out: dict[str, torch.Tensor] = {}
         self._bt: tuple[int, int] = (0, 0)
-        self._extra: dict[str, Any] = forward_kwargs(lm.base)
+        self.paused = False
+        """While true the hooks capture nothing (forward passes that are not the batch's)."""
 
     # -- hooks
     def _store(self, site: Site, value: Any) -> None:
+        if self.paused:
+            return
         if site.name in self._out:
             if site.kind == "module":
                 raise SiteError(
@@ -227,7 +255,7 @@ class SiteCapture:
         # since later code may modify it in place.
         keep = done or site.kind == "hidden"
         self._out[site.name] = t if keep else t.clone()
-        if done:
+        if done and self.stop_early:
             raise _EarlyExit
 
     def _register(self) -> None:
@@ -316,15 +344,33 @@ class SiteCapture:
         if not self._handles:
             with self:
                 return self(input_ids, attention_mask)
+        with torch.inference_mode():
+            _, out = self.run(self.lm.base, input_ids, attention_mask)
+        return out
+
+    def run(
+        self, module: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[Any, dict[str, torch.Tensor]]:
+        """Run ``module`` (the base model, or the full model for its logits) on a batch with
+        the hooks installed, in the caller's grad mode.
+
+        Returns
+        -------
+        output, sites
+            The module's output (None when the pass stopped early) and every site.
+        """
+        if not self._handles:
+            with self:
+                return self.run(module, input_ids, attention_mask)
         self._out = {}
         self._bt = (int(input_ids.shape[0]), int(input_ids.shape[1]))
+        result = None
         try:
-            with torch.inference_mode():
-                self.lm.base(
-                    input_ids=input_ids.to(self.lm.device),
-                    attention_mask=attention_mask.to(self.lm.device),
-                    **self._extra,
-                )
+            result = module(
+                input_ids=input_ids.to(self.lm.device),
+                attention_mask=attention_mask.to(self.lm.device),
+                **forward_kwargs(module),
+            )
         except _EarlyExit:
             pass
         finally:
@@ -335,7 +381,7 @@ class SiteCapture:
                 f"sites {', '.join(missing)} were not computed by the forward pass of "
                 f"{type(self.lm.base).__name__}; pick modules that run on every forward pass"
             )
-        return {s.name: out[s.name] for s in self.sites}
+        return result, {s.name: out[s.name] for s in self.sites}
 
     def probe(self) -> dict[str, int]:
         """Run a tiny dummy batch and return each site's feature size ``d``.

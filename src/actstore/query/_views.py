@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["BUILTIN_VIEWS", "Views", "create_views"]
 
 #: The views every store has, whatever it holds.
-BUILTIN_VIEWS = ("docs", "tokens", "vocab", "runs", "sites")
+BUILTIN_VIEWS = ("docs", "tokens", "vocab", "runs", "sites", "losses")
 
 _EMPTY_TOKENS = (
     "SELECT NULL::VARCHAR AS run, NULL::BIGINT AS row, NULL::BIGINT AS doc_id, "
@@ -36,6 +36,9 @@ _EMPTY_VOCAB = (
     "SELECT NULL::VARCHAR AS run, NULL::INTEGER AS token_id, NULL::VARCHAR AS token, "
     "NULL::VARCHAR AS piece, NULL::BOOLEAN AS special, NULL::BIGINT AS count WHERE false"
 )
+_EMPTY_LOSSES = (
+    "SELECT NULL::VARCHAR AS run, NULL::BIGINT AS doc_id, NULL::DOUBLE AS loss WHERE false"
+)
 _EMPTY_DOCS = (
     "SELECT NULL::BIGINT AS record, NULL::BIGINT AS doc_id, NULL::VARCHAR AS text, "
     "NULL::BOOLEAN AS empty, NULL::BIGINT AS repeat_of WHERE false"
@@ -44,6 +47,7 @@ _EMPTY_DOCS = (
 #: position), for the stand-in part of a damaged run.
 _DUCKDB_TYPES = {"int64": "BIGINT", "int32": "INTEGER", "bool": "BOOLEAN"}
 _TOKENS_TYPES = {c: _DUCKDB_TYPES[t] for c, t in TOKENS_COLUMNS.items()}
+_LOSSES_TYPES = {"doc_id": "BIGINT", "loss": "DOUBLE"}
 _VOCAB_TYPES = {
     "token_id": "INTEGER",
     "token": "VARCHAR",
@@ -161,7 +165,7 @@ def create_views(con: duckdb.DuckDBPyConnection, reader: StoreReader) -> Views:
     allowed: list[Path] = []
     damaged: list[str] = []
     absent: dict[str, str] = {}
-    token_parts, vocab_parts, doc_files = [], [], []
+    token_parts, vocab_parts, doc_files, loss_parts = [], [], [], []
     runs_rows: list[dict[str, Any]] = []
     sites_rows: list[dict[str, Any]] = []
     for name in reader.runs:
@@ -191,6 +195,16 @@ def create_views(con: duckdb.DuckDBPyConnection, reader: StoreReader) -> Views:
                     f"SELECT {_lit(name)} AS run, * FROM read_parquet({_file(run.vocab_file)})"
                 )
         doc_files.append(run.doc_files())
+        if (losses := run.losses_file()) is not None:
+            bad = _damage(con, [losses], fix)
+            if bad is not None:
+                damaged.append(bad)
+                loss_parts.append(_damaged_part(name, _LOSSES_TYPES, bad))
+            else:
+                allowed.append(losses)
+                loss_parts.append(
+                    f"SELECT {_lit(name)} AS run, * FROM read_parquet({_file(losses)})"
+                )
         meta = run.meta
         entry = reader.manifest["runs"][name]
         runs_rows.append(
@@ -233,6 +247,10 @@ def create_views(con: duckdb.DuckDBPyConnection, reader: StoreReader) -> Views:
         con.execute("CREATE VIEW docs AS " + _docs_view(doc_files))
     else:
         absent["docs"] = bad_docs
+    con.execute(
+        "CREATE VIEW losses AS "
+        + (" UNION ALL BY NAME ".join(loss_parts) if loss_parts else _EMPTY_LOSSES)
+    )
     runs_schema = pa.schema(
         [
             ("run", pa.string()),

@@ -30,6 +30,14 @@ F64 = npt.NDArray[np.float64]
 
 #: final norm types the head can apply offline (run.json ``head.final_norm.type``)
 NORMS = ("LayerNorm", "RMSNorm")
+_MLM_ACTS = ("gelu", "gelu_tanh", "relu")
+
+
+def _erf(x: F64) -> F64:
+    """Elementwise erf (float64), by ``math.erf``: exact GELU without SciPy."""
+    from math import erf
+
+    return np.asarray(np.vectorize(erf, otypes=[np.float64])(x), np.float64)
 
 
 def _check_norm(kind: str | None) -> None:
@@ -72,6 +80,10 @@ class Head:
     softcap : float, optional
         Logits become ``softcap * tanh(logits / softcap)`` (Gemma 2's
         ``final_logit_softcapping``), after the scale.
+    mlm : dict, optional
+        A masked LM head's transform, applied at every site right before ``unembed``:
+        ``{"weight": (d, d), "bias": (d,), "act": "gelu" | "gelu_tanh" | "relu",
+        "norm_weight": (d,), "norm_bias": (d,), "eps": float}`` (LayerNorm(act(dense x))).
 
     Examples
     --------
@@ -93,9 +105,39 @@ class Head:
     proj_bias: F32 | None = None
     logit_scale: float = 1.0
     softcap: float | None = None
+    mlm: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _check_norm(self.norm_type)
+        if self.mlm is not None and self.mlm.get("act") not in _MLM_ACTS:
+            raise ConfigError(
+                f"MLM head activation {self.mlm.get('act')!r} is not supported offline "
+                f"(expected one of {', '.join(_MLM_ACTS)})"
+            )
+
+    def _mlm_np(self, X: F64) -> F64:
+        """The MLM transform (if any) on float64 rows."""
+        m = self.mlm
+        if m is None:
+            return X
+        X = X @ np.asarray(m["weight"], np.float64).T
+        if m.get("bias") is not None:
+            X = X + np.asarray(m["bias"], np.float64)
+        if m["act"] == "gelu":
+            from math import sqrt
+
+            X = 0.5 * X * (1.0 + _erf(X / sqrt(2.0)))
+        elif m["act"] == "gelu_tanh":
+            X = 0.5 * X * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (X + 0.044715 * X**3)))
+        else:
+            X = np.maximum(X, 0.0)
+        X = X - X.mean(1, keepdims=True)
+        X = X / np.sqrt((X * X).mean(1, keepdims=True) + float(m.get("eps") or 1e-12))
+        if m.get("norm_weight") is not None:
+            X = X * np.asarray(m["norm_weight"], np.float64)
+        if m.get("norm_bias") is not None:
+            X = X + np.asarray(m["norm_bias"], np.float64)
+        return np.asarray(X, np.float64)
 
     @property
     def width(self) -> int:
@@ -154,6 +196,20 @@ class Head:
             return store.matrix(run, name) if norm and name in mats else None
 
         scale = float(head.get("logit_scale", 1.0)) / float(head.get("logits_scaling", 1.0))
+        mlm: dict[str, Any] | None = None
+        if (spec := head.get("mlm_transform")) is not None:
+
+            def mat(name: str) -> F32 | None:
+                return store.matrix(run, name) if name in mats else None
+
+            mlm = {
+                "weight": mat("mlm_transform.weight"),
+                "bias": mat("mlm_transform.bias"),
+                "act": spec.get("act"),
+                "norm_weight": mat("mlm_norm.weight"),
+                "norm_bias": mat("mlm_norm.bias"),
+                "eps": float((spec.get("norm") or {}).get("eps") or 1e-12),
+            }
         cap = head.get("final_logit_softcapping")
         fn = (head.get("final_norm") or {}) if norm else {}
         return cls(
@@ -168,6 +224,7 @@ class Head:
             opt("final_proj.bias"),
             scale,
             None if cap is None else float(cap),
+            mlm,
         )
 
     def normed(self, H: npt.ArrayLike) -> F64:
@@ -197,7 +254,7 @@ class Head:
 
     def logits(self, H: npt.ArrayLike) -> F32:
         """Logits of hidden states ``H`` (n, d): shape (n, vocab), float32."""
-        X = self.normed(H).astype(np.float32)
+        X = self._mlm_np(self.normed(H)).astype(np.float32)
         z = X @ np.asarray(self.unembed, np.float32).T
         if self.bias is not None:
             z = z + np.asarray(self.bias, np.float32)
@@ -205,7 +262,7 @@ class Head:
 
     def log_probs(self, H: npt.ArrayLike) -> F64:
         """Log-softmax of the logits of ``H`` (n, d), computed in float64: (n, vocab)."""
-        z = self.normed(H) @ np.asarray(self.unembed, np.float64).T
+        z = self._mlm_np(self.normed(H)) @ np.asarray(self.unembed, np.float64).T
         if self.bias is not None:
             z = z + np.asarray(self.bias, np.float64)
         z = self._transform(z)
@@ -217,11 +274,15 @@ class Head:
         import torch
 
         names = ("unembed", "bias", "norm_weight", "norm_bias", "proj", "proj_bias")
-        return {
+        out = {
             k: torch.as_tensor(np.asarray(v, np.float32), device=device)
             for k in names
             if (v := getattr(self, k)) is not None
         }
+        for k, v in (self.mlm or {}).items():
+            if k in ("weight", "bias", "norm_weight", "norm_bias") and v is not None:
+                out[f"mlm_{k}"] = torch.as_tensor(np.asarray(v, np.float32), device=device)
+        return out
 
     def torch_log_probs(self, h: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Differentiable log-softmax of ``h`` (n, d) through the head, in torch.
@@ -242,6 +303,25 @@ class Head:
             h = h @ params["proj"].T
             if "proj_bias" in params:
                 h = h + params["proj_bias"]
+        if self.mlm is not None:
+            h = h @ params["mlm_weight"].T
+            if "mlm_bias" in params:
+                h = h + params["mlm_bias"]
+            act = self.mlm["act"]
+            h = (
+                torch.relu(h)
+                if act == "relu"
+                else torch.nn.functional.gelu(
+                    h, approximate="tanh" if act == "gelu_tanh" else "none"
+                )
+            )
+            h = torch.nn.functional.layer_norm(
+                h,
+                h.shape[-1:],
+                params.get("mlm_norm_weight"),
+                params.get("mlm_norm_bias"),
+                float(self.mlm.get("eps") or 1e-12),
+            )
         z = h @ params["unembed"].T
         if "bias" in params:
             z = z + params["bias"]

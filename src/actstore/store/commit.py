@@ -28,6 +28,7 @@ from actstore.store.docs import write_docs
 from actstore.store.format import (
     ARRAYS_DIR,
     CENTROIDS_DIR,
+    LOSSES_NAME,
     RUN_NAME,
     TOKENS_DIR,
     VOCAB_NAME,
@@ -161,6 +162,7 @@ def _commit_locked(store: Path, run: str, num_parts: int, manifest: ManifestJSON
     offsets = np.concatenate([[0], np.cumsum([p["rows"] for p in progresses])])
     vocab_size = int(meta["vocab_size"])
     counts = _write_tokens(store, run, progresses, offsets, vocab_size)
+    _write_losses(store, run, progresses)
     crash_point("commit.tokens")
     _write_vocab(store, run, counts)
     crash_point("commit.vocab")
@@ -209,6 +211,8 @@ def _commit_locked(store: Path, run: str, num_parts: int, manifest: ManifestJSON
     }
     if centroid_sites:
         run_json["centroids"] = centroid_sites
+    if "objective" in meta:
+        run_json["objective"] = meta["objective"]
     remove_temp_files(run_json_path(store, run))  # left by a commit killed mid-write
     atomic_write_json(run_json_path(store, run), run_json, crash="atomic_write")
     crash_point("commit.run_json")
@@ -262,6 +266,20 @@ def _write_tokens(
                 ),
             )
     return counts
+
+
+def _write_losses(store: Path, run: str, progresses: list[ProgressJSON]) -> None:
+    """A gradient run's per-doc objective values, all parts in one ``losses.parquet``."""
+    if not any("loss_files" in p for p in progresses):
+        return
+    tables = [
+        pq.read_table(part_dir(store, run, k) / name)
+        for k, prog in enumerate(progresses)
+        for name in prog.get("loss_files", [])
+    ]
+    schema = pa.schema([("doc_id", pa.int64()), ("loss", pa.float64())])
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    pq.write_table(table, run_dir(store, run) / LOSSES_NAME, compression="zstd")
 
 
 def _write_vocab(store: Path, run: str, counts: Any) -> None:

@@ -19,6 +19,8 @@ __all__ = [
     "FORMAT_VERSION",
     "LOCKS_DIR",
     "LOCK_NAME",
+    "LOSSES_DIR",
+    "LOSSES_NAME",
     "MANIFEST_NAME",
     "PARTS_DIR",
     "PART_META_NAME",
@@ -82,6 +84,10 @@ RESULT_META = "meta.json"
 RUN_JSON_NAME = "run.json"
 TOKENS_DIR = "tokens"
 VOCAB_NAME = "vocab.parquet"
+#: per-doc objective values of a gradient run (``doc_id``, ``loss``); see docs/format.md
+LOSSES_NAME = "losses.parquet"
+#: a part's staged loss files (inside its staging directory)
+LOSSES_DIR = "losses"
 ARRAYS_DIR = "arrays"
 CENTROIDS_DIR = "centroids"
 PARTS_DIR = "parts"
@@ -176,6 +182,8 @@ class RunJSON(TypedDict):
     timings: dict[str, float]
     versions: dict[str, str]
     centroids: NotRequired[list[str]]
+    objective: NotRequired[dict[str, object]]
+    """A gradient run's objective (name, target, positions, loss formula)."""
     created_at: str
     committed_at: str
 
@@ -198,6 +206,7 @@ class PartMetaJSON(TypedDict):
     vocab_size: int
     versions: dict[str, str]
     created_at: str
+    objective: NotRequired[dict[str, object]]
 
 
 class ProgressJSON(TypedDict):
@@ -221,6 +230,8 @@ class ProgressJSON(TypedDict):
     doc_files: list[str]
     centroid_file: str | None
     complete: bool
+    loss_files: NotRequired[list[str]]
+    """Per-doc objective values of a gradient run's durable batches (absent otherwise)."""
 
 
 def run_dir(store: Path, run: str) -> Path:

@@ -29,6 +29,7 @@ from actstore.store.format import (
     ARRAYS_DIR,
     CENTROIDS_DIR,
     DOCS_DIR,
+    LOSSES_DIR,
     PART_META_NAME,
     PROGRESS_NAME,
     PROGRESS_VERSION,
@@ -189,13 +190,15 @@ class PartWriter:
             for site, d in sites.items()
         }
         self._tokens: list[dict[str, npt.NDArray[Any]]] = []
+        self._losses: list[dict[str, npt.NDArray[Any]]] = []
         self._rows = resume["rows"]
 
     def _remove_debris(self, progress: Progress) -> None:
         listed = {*progress["token_files"], *progress["doc_files"]}
+        listed.update(progress.get("loss_files", []))
         if progress["centroid_file"]:
             listed.add(progress["centroid_file"])
-        for sub in (TOKENS_DIR, DOCS_DIR, CENTROIDS_DIR):
+        for sub in (TOKENS_DIR, DOCS_DIR, CENTROIDS_DIR, LOSSES_DIR):
             folder = self.dir / sub
             if folder.is_dir():
                 for f in folder.iterdir():
@@ -244,13 +247,19 @@ class PartWriter:
             return dict(saved)
 
     def add_batch(
-        self, arrays: Mapping[str, npt.NDArray[Any]], tokens: Mapping[str, npt.NDArray[Any]]
+        self,
+        arrays: Mapping[str, npt.NDArray[Any]],
+        tokens: Mapping[str, npt.NDArray[Any]],
+        losses: Mapping[str, npt.NDArray[Any]] | None = None,
     ) -> None:
         """Append one batch: the rows of every site, and their token metadata columns.
 
         ``tokens`` has every column of the tokens table except ``row``, which is assigned
-        here (consecutive, local to this part).
+        here (consecutive, local to this part). ``losses`` (a gradient run's) has the
+        columns ``doc_id`` and ``loss`` of the batch's docs.
         """
+        if losses is not None:
+            self._losses.append(dict(losses))
         n = len(tokens["token_id"])
         for site, writer in self.writers.items():
             writer.append(arrays[site])
@@ -305,6 +314,20 @@ class PartWriter:
             token_files.append(name)
             self._tokens = []
             crash_point()
+        loss_files = list(self.progress.get("loss_files", []))
+        if self._losses:
+            cols = {k: np.concatenate([t[k] for t in self._losses]) for k in ("doc_id", "loss")}
+            table = pa.table(
+                {
+                    "doc_id": pa.array(cols["doc_id"], pa.int64()),
+                    "loss": pa.array(cols["loss"], pa.float64()),
+                }
+            )
+            name = f"{LOSSES_DIR}/{stem}.parquet"
+            (self.dir / LOSSES_DIR).mkdir(exist_ok=True)
+            _write_parquet(table, self.dir / name)
+            loss_files.append(name)
+            self._losses = []
         doc_files = list(self.progress["doc_files"])
         if docs is not None and docs.num_rows:
             name = f"{DOCS_DIR}/{seq:06d}.parquet"
@@ -340,6 +363,8 @@ class PartWriter:
         )
         if batches:
             self.progress["batches"] = batches
+        if loss_files:
+            self.progress["loss_files"] = loss_files
         atomic_write_json(self.dir / PROGRESS_NAME, self.progress)
         crash_point()
         if old_centroids and old_centroids != centroid_file:

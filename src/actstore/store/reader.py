@@ -29,6 +29,7 @@ from actstore.store.format import (
     ARRAYS_DIR,
     CENTROIDS_DIR,
     DOCS_DIR,
+    LOSSES_NAME,
     RUN_JSON_NAME,
     SITE_NAME,
     TOKENS_DIR,
@@ -216,6 +217,11 @@ class RunReader:
         """
         path = self.vocab_file
         return None if path is None else read_table(path, columns, fix=self._fix)
+
+    def losses_file(self) -> Path | None:
+        """A gradient run's per-doc objective values (``losses.parquet``), or None."""
+        path = self.dir / LOSSES_NAME
+        return path if path.is_file() else None
 
     def doc_files(self) -> list[Path]:
         """The docs Parquet files written by this run, by part: exactly its own names
