@@ -205,7 +205,7 @@ class Objective:
             with torch.inference_mode():
                 if self.name == "cosine-to-text":
                     h = lm.base(input_ids=ids, attention_mask=mask).last_hidden_state
-                    pooled = _mean_pool(h.float(), mask)
+                    pooled = _mean_pool(h.double(), mask)
                     for j, text in enumerate(chunk):
                         self._targets[text] = pooled[j].clone()
                     continue
@@ -219,19 +219,20 @@ class Objective:
                         f"{lm.tokenizer.mask_token} token; mark the position whose "
                         "prediction the docs are pushed toward"
                     )
-                self._targets[text] = torch.log_softmax(logits[j, int(marked[0])].float(), -1)
+                self._targets[text] = torch.log_softmax(logits[j, int(marked[0])].double(), -1)
 
     # ------------------------------------------------------------------------ losses
 
     def losses(self, output: Any, mask: torch.Tensor, batch: list[Segment]) -> torch.Tensor:
-        """The loss of every sequence of ``batch``: shape (batch,), float32, differentiable.
+        """The loss of every sequence of ``batch``: shape (batch,), float64, differentiable
+        (the head's softmax and the cosine are computed in float64).
 
         ``output`` is the full model's output (``logits``) for objectives that need the
         head, else the base model's (``last_hidden_state``).
         """
         if self.name == "cosine-to-text":
             h = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-            pooled = _mean_pool(h.float(), mask)
+            pooled = _mean_pool(h.double(), mask)
             target = torch.stack([self._targets[self._doc_target[s.doc_id]] for s in batch])
             cos = torch.nn.functional.cosine_similarity(pooled, target.to(pooled.device), dim=-1)
             return 1.0 - cos
@@ -243,7 +244,8 @@ class Objective:
             cols += marked.tolist()
         dev = logits.device
         picked = logits[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)]
-        logq = torch.log_softmax(picked.float(), -1)  # (positions, vocab)
+        # float64: near-equal distributions make p - q (the gradient) cancel in float32
+        logq = torch.log_softmax(picked.double(), -1)  # (positions, vocab)
         if self.name == "kl-to-prompt":
             logp = torch.stack([self._targets[self._doc_target[batch[b].doc_id]] for b in rows]).to(
                 dev

@@ -208,6 +208,7 @@ class SiteCapture:
         self._out: dict[str, torch.Tensor] = {}
         self._bt: tuple[int, int] = (0, 0)
         self.paused = False
+        self._active = False
         """While true the hooks capture nothing (forward passes that are not the batch's)."""
 
     # -- hooks
@@ -303,12 +304,13 @@ class SiteCapture:
             self._handles.pop().remove()
 
     def __enter__(self) -> SiteCapture:
-        if not self._handles:
+        if not self._active:
             try:
                 self._register()
             except BaseException:
                 self._remove()
                 raise
+            self._active = True
         return self
 
     def __exit__(
@@ -318,6 +320,7 @@ class SiteCapture:
         tb: TracebackType | None,
     ) -> None:
         self._remove()
+        self._active = False
 
     # -- running
     def __call__(
@@ -341,7 +344,7 @@ class SiteCapture:
         SiteError
             A module site gave no per-token tensor, or a site was never computed.
         """
-        if not self._handles:
+        if not self._active:
             with self:
                 return self(input_ids, attention_mask)
         with torch.inference_mode():
@@ -359,7 +362,7 @@ class SiteCapture:
         output, sites
             The module's output (None when the pass stopped early) and every site.
         """
-        if not self._handles:
+        if not self._active:
             with self:
                 return self.run(module, input_ids, attention_mask)
         self._out = {}
