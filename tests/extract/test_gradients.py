@@ -132,8 +132,8 @@ def check_against_reference(
     model, tok = _load(model_dir, kind, torch.float32)
     emb = model.get_input_embeddings()
     gen = torch.Generator().manual_seed(0)
-    for doc_id, grp in tokens.groupby("doc_id"):
-        grp = grp.sort_values("pos")
+    for doc_id, unsorted in tokens.groupby("doc_id"):
+        grp = unsorted.sort_values("pos")
         ids = grp["token_id"].tolist()
         e = emb(torch.tensor([ids])).detach().requires_grad_(True)
         loss_fn = reference_loss(model, tok, ids, objective, targets[int(doc_id)], position)
@@ -147,8 +147,8 @@ def check_against_reference(
     # finite differences in float64 along a random direction, for every doc
     model64, _ = _load(model_dir, kind, torch.float64)
     emb64 = model64.get_input_embeddings()
-    for doc_id, grp in tokens.groupby("doc_id"):
-        grp = grp.sort_values("pos")
+    for doc_id, unsorted in tokens.groupby("doc_id"):
+        grp = unsorted.sort_values("pos")
         ids = grp["token_id"].tolist()
         loss_fn = reference_loss(model64, tok, ids, objective, targets[int(doc_id)], position)
         with torch.no_grad():
@@ -200,9 +200,11 @@ def test_bert_mlm_gradients_equal_autograd_per_doc(
         bert_mlm, data, store, objective=objective, objective_target_field="target", **kw
     )
     if batched:
-        assert res.counts["batches"] == 1 and res.counts["pad_tokens"] > 0
+        assert res.counts["batches"] == 1
+        assert res.counts["pad_tokens"] > 0
     else:
-        assert res.counts["batches"] == len(rows) and res.counts["pad_tokens"] == 0
+        assert res.counts["batches"] == len(rows)
+        assert res.counts["pad_tokens"] == 0
     targets = dict(zip(_ids_for(rows), [r["target"] for r in rows], strict=True))
     # In this random model a [MASK]'s prediction hardly depends on its context: doc and
     # target distributions differ by ~1e-3, so the KL gradient (q - p) magnifies float32

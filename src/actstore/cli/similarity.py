@@ -129,6 +129,23 @@ def _cmd_cka(args: argparse.Namespace) -> None:
     emit(args, res)
 
 
+def _cmd_grad(args: argparse.Namespace) -> None:
+    from actstore.query.similarity.on_store import grad_result
+
+    with open_run(args) as (store, run):
+        res = grad_result(
+            store,
+            run,
+            site=args.site,
+            rows=args.rows,
+            top_k=None if args.top_k == 0 else args.top_k,
+            sign=-1.0 if args.descent else 1.0,
+            bins=args.bins,
+            **_saving(args),
+        )
+    emit(args, res)
+
+
 def add_commands(subparsers: Any) -> None:
     """Register ``similarity`` and its sub-subcommands on an argparse ``subparsers``."""
     top = subparsers.add_parser("similarity", help="cosine geometry, centroids, CKA, logit lens")
@@ -191,6 +208,24 @@ def add_commands(subparsers: Any) -> None:
     )
     p.add_argument("--top-k", type=int, default=100, help="keep the best k pairs (default: 100)")
     p.set_defaults(func=_cmd_sinks)
+
+    p = sub.add_parser(
+        "grad", help="input-space gradients: norms, nearest vocabulary items, headings"
+    )
+    add_store_args(p, save=True)
+    p.add_argument("--site", default="grad.embed", help="a grad.embed site (default: grad.embed)")
+    p.add_argument("--rows", help="SQL selecting the rows (default: every non-special row)")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=5,
+        help="rows of largest gradient norm kept per doc (0: all; default: 5)",
+    )
+    p.add_argument(
+        "--descent", action="store_true", help="analyse -g, the direction a descent step moves"
+    )
+    p.add_argument("--bins", type=int, default=50, help="histogram bins (default: 50)")
+    p.set_defaults(func=_cmd_grad)
 
     p = sub.add_parser("nearest", help="nearest vocabulary tokens of tokens, centroids or rows")
     add_store_args(p, save=True)

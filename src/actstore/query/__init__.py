@@ -22,6 +22,7 @@ _LAZY: dict[str, str] = {
         "similarity.centroids",
     ),
     **dict.fromkeys(["logit_lens", "nearest", "nearest_tokens"], "similarity.nearest"),
+    **dict.fromkeys(["gradient_directions", "gradient_histograms"], "similarity.gradients"),
     **dict.fromkeys(["Head", "apply_head"], "head"),
     **dict.fromkeys(
         ["compare_runs", "compare_sites", "linear_cka", "procrustes_cosine"], "similarity.cka"
@@ -67,6 +68,8 @@ __all__ = [
     "explained_variance",
     "fit_map",
     "fvu",
+    "gradient_directions",
+    "gradient_histograms",
     "identity_map",
     "lasso",
     "learn_store",

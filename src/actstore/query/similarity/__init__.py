@@ -21,6 +21,7 @@ from actstore.query.similarity.cka import (
     linear_cka,
     procrustes_cosine,
 )
+from actstore.query.similarity.gradients import gradient_directions, gradient_histograms
 from actstore.query.similarity.nearest import logit_lens, nearest, nearest_tokens
 from actstore.query.similarity.pairwise import (
     PairwiseStats,
@@ -37,6 +38,8 @@ __all__ = [
     "compare_runs",
     "compare_sites",
     "cosine_matrix",
+    "gradient_directions",
+    "gradient_histograms",
     "linear_cka",
     "logit_lens",
     "mean_vector_stats",

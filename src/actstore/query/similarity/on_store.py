@@ -19,12 +19,15 @@ from actstore.errors import ConfigError
 from actstore.query.results import AnalysisResult, check_can_save
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from actstore.query.store import Store
 
 __all__ = [
     "anisotropy_result",
     "centroids_result",
     "cka_result",
+    "grad_result",
     "pairwise_result",
     "sinks_result",
 ]
@@ -349,3 +352,139 @@ def cka_result(
 
         plot_heatmap(df, ms[0], plot, f"{ms[0]}: {run} {run_b or ''}")
     return _finish(AnalysisResult(df, meta), store, save, overwrite)
+
+
+def grad_result(
+    store: Store,
+    run: str,
+    *,
+    site: str = "grad.embed",
+    rows: str | None = None,
+    top_k: int | None = 5,
+    sign: float = 1.0,
+    bins: int = 50,
+    save: str | None = None,
+    overwrite: bool = False,
+) -> AnalysisResult:
+    """Norms and vocabulary directions of a run's stored input-space gradients
+    (:func:`~actstore.query.similarity.gradients.gradient_directions`), with histograms.
+
+    Parameters
+    ----------
+    store : Store
+    run : str
+    site : str
+        A ``grad.embed`` site (gradients with respect to the input embeddings).
+    rows : str, optional
+        SQL selecting the rows (default: every non-special row of the run; special tokens'
+        gradients are stored but never moved).
+    top_k : int or None
+        Keep the ``top_k`` rows of largest norm per doc in the table (None: every row);
+        the histograms and summary cover every selected row.
+    sign : float
+        ``-1`` analyses the descent direction.
+    bins : int
+        Histogram bins (saved arrays ``hist_<col>`` and ``edges_<col>``).
+    save, overwrite
+        Save as result ``save`` (a SQL view).
+
+    Returns
+    -------
+    AnalysisResult
+        Table columns ``row``, ``doc_id``, ``pos``, ``token_id``, ``token``, ``rank``
+        (1 = largest norm in its doc), ``norm``, ``nearest_id``, ``nearest_token``,
+        ``nearest_cos``, ``heading_id``, ``heading_token``, ``heading_cos``, ``cos_e0``.
+
+    Raises
+    ------
+    ConfigError
+        ``site`` is not a gradient with respect to the input embeddings, or the selection
+        is empty.
+    """
+    import pandas as pd
+
+    from actstore.query.similarity.gradients import gradient_directions, gradient_histograms
+
+    _check_save(store, save, overwrite)
+    if site not in store.sites(run) or not site.startswith("grad.embed"):
+        have = [s for s in store.sites(run) if s.startswith("grad.")]
+        raise ConfigError(
+            f"site {site!r} is not a stored gradient w.r.t. the input embeddings of run "
+            f"{run!r} (gradient sites: {', '.join(have) or 'none'}); extract with "
+            "--sites grad.embed --objective ..."
+        )
+    if top_k is not None and top_k < 1:
+        raise ConfigError(f"top_k must be >= 1 or None, got {top_k}")
+    query = rows or "SELECT row FROM tokens WHERE NOT special"
+    ids = np.sort(store.rows(run, query))
+    if not len(ids):
+        raise ConfigError(f"rows selected no rows: {query!r}; check the query")
+    tok = store.token_columns(run, "doc_id", "pos", "token_id")
+    E = store.matrix(run, "embed")
+    parts: list[dict[str, npt.NDArray[Any]]] = []
+    for a in range(0, len(ids), 16384):  # bounded memory: one block of rows at a time
+        block = ids[a : a + 16384]
+        G = store.vectors(run, site, block, dtype=np.float32)
+        parts.append(gradient_directions(G, tok["token_id"][block], E, sign=sign))
+    cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    table = pd.DataFrame(
+        {
+            "row": ids,
+            "doc_id": tok["doc_id"][ids],
+            "pos": tok["pos"][ids],
+            "token_id": tok["token_id"][ids],
+            **cols,
+        }
+    )
+    table["rank"] = (
+        table.groupby("doc_id")["norm"].rank(method="first", ascending=False).astype(np.int64)
+    )
+    summary = {
+        "n_rows": len(table),
+        "mean_norm": float(cols["norm"].mean()),
+        "mean_nearest_cos": float(cols["nearest_cos"].mean()),
+        "mean_heading_cos": float(cols["heading_cos"].mean()),
+        "mean_cos_e0": float(cols["cos_e0"].mean()),
+        "frac_nearest_self": float((cols["nearest_id"] == table["token_id"]).mean()),
+    }
+    arrays = gradient_histograms(cols, bins)
+    if top_k is not None:
+        table = table[table["rank"] <= top_k]
+    table = _with_tokens(store, run, table.sort_values(["doc_id", "rank"]).reset_index(drop=True))
+    meta = {
+        "analysis": "similarity.grad",
+        "run": run,
+        "site": site,
+        "rows": query,
+        "top_k": top_k,
+        "sign": sign,
+        "bins": bins,
+        "objective": (store.run_info(run).get("objective") or {}).get("name"),
+        **summary,
+    }
+    return _finish(AnalysisResult(table, meta, arrays), store, save, overwrite)
+
+
+def _with_tokens(store: Store, run: str, table: pd.DataFrame) -> pd.DataFrame:
+    vocab = store.sql("SELECT token_id, token FROM vocab WHERE run = ?", [run]).df()
+    names = dict(zip(vocab["token_id"].tolist(), vocab["token"].tolist(), strict=True))
+    order = [
+        "row",
+        "doc_id",
+        "pos",
+        "token_id",
+        "token",
+        "rank",
+        "norm",
+        "nearest_id",
+        "nearest_token",
+        "nearest_cos",
+        "heading_id",
+        "heading_token",
+        "heading_cos",
+        "cos_e0",
+    ]
+    table["token"] = table["token_id"].map(names)
+    table["nearest_token"] = table["nearest_id"].map(names)
+    table["heading_token"] = table["heading_id"].map(names)
+    return table[order]
