@@ -363,16 +363,33 @@ def _fields(obj: object, parent: str = "") -> set[str]:
 
 
 def test_every_printed_field_is_explained(
-    minilm_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    minilm_store: Path, minilm_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """docs/outputs.md names every field that an analysis or `info` prints with --json."""
     import json
     import shutil
 
     from actstore.cli import main
+    from actstore.extract import ExtractConfig, extract
 
     st = str(tmp_path / "o.acts")
     shutil.copytree(minilm_store, st)
+    gst = str(tmp_path / "g.acts")  # a gradient run (MiniLM has no head: cosine-to-text)
+    demo = ROOT / "src" / "actstore" / "data" / "demo_corpus.jsonl"
+    extract(
+        ExtractConfig(
+            model=str(minilm_dir),
+            data=str(demo),
+            store=gst,
+            run="g",
+            sites="grad.embed",
+            objective="cosine-to-text",
+            objective_target="a dog barks",
+            limit_docs=4,
+            device="cpu",
+            quiet=True,
+        )
+    )
     commands = [
         ["similarity", "pairwise", st, "--matrix", "embed", "--sample", "300"],
         ["similarity", "anisotropy", st, "--max-rows", "500", "--pairs", "500"],
@@ -407,6 +424,8 @@ def test_every_printed_field_is_explained(
         ],
         ["sparse", "atoms", st, "e", "--first", "1", "--top", "1", "--nearest", "embed"],
         ["info", st],
+        ["similarity", "grad", gst, "--top-k", "1"],
+        ["info", gst],
     ]
     text = (ROOT / "docs" / "outputs.md").read_text()
     missing = {}

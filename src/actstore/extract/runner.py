@@ -5,7 +5,8 @@ model, checks the run name against the store, opens the part (afresh or at its l
 checkpoint), runs every pool through the thread pipeline of
 :mod:`actstore.extract._pipeline` and commits the run when its last part is complete. A
 killed job restarted with the same arguments continues from its last checkpoint and ends
-with the same store. Every file is written by :mod:`actstore.store`.
+with the same store. Every file is written by :mod:`actstore.store`. Over 400 lines
+because it is the one place that orders a job's steps (gradient runs included).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ saves itself (``save=NAME``) and optionally plots (``plot=FILE.png``).
 
 These are what ``actstore similarity ...`` runs: the command line parses its options,
 calls one of these and prints the result, so Python users get exactly the saved result
-the CLI writes.
+the CLI writes. Over 400 lines because it holds one thin wrapper per similarity analysis
+(the family's only store-facing module).
 """
 
 from __future__ import annotations
