@@ -406,6 +406,7 @@ def test_matrices(arch: str, load: Callable[[str], LoadedModel]) -> None:
             "tied": False,
             "final_norm": None,
             "final_proj": None,
+            "lm_head": None,
         }
     expected_norm = {
         "gpt2": "LayerNorm",

@@ -30,7 +30,7 @@ def tree_hash(path: Path) -> str:
 
 def test_views(syn_store: Path) -> None:
     with actstore.open(syn_store) as s:
-        assert s.tables == ["docs", "tokens", "vocab", "runs", "sites"]
+        assert s.tables == ["docs", "tokens", "vocab", "runs", "sites", "losses"]
         counts = dict(s.sql("SELECT run, count(*) FROM tokens GROUP BY run").fetchall())
         assert counts == {"a": 180, "b": 100}
         # both runs wrote the 20 records: the docs view keeps one row per record
@@ -195,7 +195,7 @@ def test_results_become_views(syn_store: Path, tmp_path: Path) -> None:
         # a hidden folder (a save in progress), a name that repeats another up to case,
         # and names that are not identifiers are not views
         # of two names equal up to case, the first in sorted order is the view
-        assert s.tables == ["docs", "tokens", "vocab", "runs", "sites", "Similarity"]
+        assert s.tables == ["docs", "tokens", "vocab", "runs", "sites", "losses", "Similarity"]
         assert s.sql("SELECT sum(x) FROM similarity").fetchall() == [(7,)]
 
 
