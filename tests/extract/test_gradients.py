@@ -75,6 +75,16 @@ def _marked(ids: list[int], tok: Any, position: str) -> list[int]:
     return [i for i, t in enumerate(ids) if t == tok.mask_token_id]
 
 
+#: the hidden states of the last reference forward pass (for grad.hidden.<i>)
+HIDDEN: list[Any] = []
+
+
+def _run(model: Any, e: torch.Tensor) -> Any:
+    out = model(inputs_embeds=e, output_hidden_states=True)
+    HIDDEN[:] = list(out.hidden_states)
+    return out
+
+
 def reference_loss(
     model: Any, tok: Any, ids: list[int], objective: str, target: str, position: str
 ) -> Any:
@@ -99,14 +109,14 @@ def reference_loss(
         logp = torch.log_softmax(logits[_marked(t, tok, position)[0]].double(), -1)
 
         def kl_loss(e: torch.Tensor) -> torch.Tensor:
-            logq = torch.log_softmax(model(inputs_embeds=e).logits[0, marked].double(), -1)
+            logq = torch.log_softmax(_run(model, e).logits[0, marked].double(), -1)
             return (logp.exp() * (logp - logq)).sum()
 
         return kl_loss
     want = tok(target, add_special_tokens=False)["input_ids"]
 
     def ce_loss(e: torch.Tensor) -> torch.Tensor:
-        logq = torch.log_softmax(model(inputs_embeds=e).logits[0, marked].double(), -1)
+        logq = torch.log_softmax(_run(model, e).logits[0, marked].double(), -1)
         return -logq[torch.arange(len(want)), torch.tensor(want)].sum()
 
     return ce_loss
@@ -125,6 +135,7 @@ def check_against_reference(
     position: str,
     tol: float = 1e-5,
     fd: bool = True,
+    hidden: int | None = None,
 ) -> None:
     data = read_run(store)
     tokens, g_all = data["tokens"], data["sites"]["grad.embed"]
@@ -138,9 +149,13 @@ def check_against_reference(
         e = emb(torch.tensor([ids])).detach().requires_grad_(True)
         loss_fn = reference_loss(model, tok, ids, objective, targets[int(doc_id)], position)
         loss = loss_fn(e)
-        (g,) = torch.autograd.grad(loss, e)
+        wrt = [e] if hidden is None else [e, HIDDEN[hidden]]
+        g, *gh = torch.autograd.grad(loss, wrt)
         stored = g_all[grp["row"].to_numpy()]
         assert rel(stored, g[0].numpy()) < tol, doc_id
+        if hidden is not None:
+            stored_h = data["sites"][f"grad.hidden.{hidden}"][grp["row"].to_numpy()]
+            assert rel(stored_h, gh[0][0].numpy()) < tol, doc_id
         assert losses.loc[doc_id, "loss"] == pytest.approx(loss.item(), rel=tol, abs=1e-9)
     if not fd:
         return
@@ -282,7 +297,7 @@ def test_decoder_gradients_equal_autograd_per_doc(
         pad_tolerance=0.9,
         **kw,
     )
-    check_against_reference(store, model, "causal", objective, targets, "last")
+    check_against_reference(store, model, "causal", objective, targets, "last", hidden=1)
     rj = json.loads((store / "runs/r/run.json").read_text())
     assert [s["name"] for s in rj["sites"]] == ["hidden.2", "grad.embed", "grad.hidden.1"]
 
