@@ -225,7 +225,7 @@ def test_cli_options_come_from_the_config(argv: list[str], cls_path: str, skip: 
 
 
 def test_cli_parses_mixed_and_tuple_options(minilm_store: Path, cli: CLI) -> None:
-    with pytest.raises(cli.Failed, match="--cv must be one of gcv, loo, none") as failed:
+    with pytest.raises(cli.Failed, match="--cv must be one of auto, gcv, loo, none") as failed:
         cli("map", "fit", str(minilm_store), "--x", "embed", "--y", "hidden.1", "--name", "m",
             "--cv", "sometimes")  # fmt: skip
     assert failed.value.code == 2
