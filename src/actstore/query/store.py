@@ -205,10 +205,7 @@ class Store:
             raise ConfigError(
                 f"tokens columns must be among {', '.join(TOKENS_COLUMNS)}, got {list(columns)}"
             )
-        self._run(run)
-        cols = ", ".join(f'"{c}"' for c in columns)
-        got = self.sql(f"SELECT {cols} FROM tokens WHERE run = ? ORDER BY row", [run]).fetchnumpy()
-        return {c: np.asarray(got[c]) for c in columns}
+        return self._run(run).token_columns(columns)
 
     # -- vectors ---------------------------------------------------------------------------
 

@@ -218,6 +218,34 @@ class RunReader:
         path = self.vocab_file
         return None if path is None else read_table(path, columns, fix=self._fix)
 
+    def token_columns(self, columns: Sequence[str]) -> dict[str, npt.NDArray[Any]]:
+        """``columns`` of the run's tokens files, in row order (index = row id), read
+        straight from Parquet (no SQL engine: the files are the table).
+
+        Raises
+        ------
+        StoreCorruptError
+            A tokens file is truncated, does not decode, or its rows do not number
+            ``0 .. n_rows - 1``.
+        """
+        import pyarrow as pa
+
+        want = list(dict.fromkeys([*columns, "row"]))
+        tables = [read_table(f, want, fix=self._fix) for f in self.token_files]
+        table = pa.concat_tables(tables) if tables else None
+        if table is None or table.num_rows == 0:
+            return {c: np.zeros(0, np.int64) for c in columns}
+        rows = table["row"].to_numpy()
+        if not np.array_equal(rows, np.arange(len(rows))):
+            order = np.argsort(rows, kind="stable")
+            if not np.array_equal(rows[order], np.arange(len(rows))):
+                raise StoreCorruptError(
+                    f"the tokens files of run {self.name!r} in {self.dir} do not number their "
+                    f"rows 0..{len(rows) - 1}; {self._fix}"
+                )
+            table = table.take(pa.array(order))
+        return {c: table[c].to_numpy() for c in columns}
+
     def losses_file(self) -> Path | None:
         """A gradient run's per-doc objective values (``losses.parquet``), or None."""
         path = self.dir / LOSSES_NAME
