@@ -2,6 +2,10 @@
 
 Only runs listed in ``actstore.json`` are visible; a run still being written, or a sharded
 run whose parts are not all done, does not exist for a reader. Nothing here writes.
+
+Over 420 lines because every file a run owns is read (and checked) here, one reader
+method per kind of file — row arrays, matrices, centroids, and the tokens, vocab, docs
+and losses tables — so that damage is reported the same way whatever is read.
 """
 
 from __future__ import annotations
