@@ -212,7 +212,7 @@ CHECKS: dict[str, Callable[[list[Ran], Reference], None]] = {
 def test_every_doc_with_python_examples_is_checked() -> None:
     docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     with_examples = {str(p.relative_to(ROOT)) for p in docs if python_blocks(p)}
-    assert with_examples == set(CHECKS)
+    assert with_examples == set(CHECKS) | set(RUN_AS_WRITTEN)
 
 
 @pytest.mark.parametrize("doc", list(CHECKS))
@@ -436,3 +436,89 @@ def test_every_printed_field_is_explained(
         if gaps:
             missing[" ".join(argv[:2])] = gaps
     assert missing == {}
+
+
+# -- docs run from an empty folder, output compared -----------------------------------------
+
+#: Docs whose bash and Python blocks run in order from an empty folder (each block in its
+#: own process, as a reader would paste it), a ```text block right after a block being
+#: what that block prints.
+RUN_AS_WRITTEN = ("docs/gradients.md",)
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+
+
+def doc_steps(path: Path) -> list[tuple[str, str, str | None]]:
+    """``(language, code, shown output or None)`` for each bash and python block."""
+    blocks = re.findall(r"```(\w+)\n(.*?)```", path.read_text(), flags=re.DOTALL)
+    steps: list[tuple[str, str, str | None]] = []
+    for i, (lang, code) in enumerate(blocks):
+        if lang in ("bash", "python"):
+            after = blocks[i + 1] if i + 1 < len(blocks) else ("", "")
+            steps.append((lang, code, after[1] if after[0] == "text" else None))
+    return steps
+
+
+def _words(out: str) -> list[str]:
+    """Printed text as words: whitespace runs and the rules under table headers (whose
+    widths follow the values) do not count."""
+    lines = [ln for ln in out.splitlines() if ln.strip() and set(ln.strip()) - set("- ")]
+    return " ".join(lines).split()
+
+
+def _unit(number: str) -> float:
+    """One unit in the last printed digit of ``number`` (``0.35`` -> 0.01)."""
+    mantissa, _, exponent = number.lower().partition("e")
+    decimals = len(mantissa.partition(".")[2])
+    return float(10.0 ** (int(exponent or 0) - decimals))
+
+
+def same_output(got: str, shown: str, rtol: float = 1e-3) -> bool:
+    """``got`` prints what ``shown`` does: the same words, each number within ``rtol`` or
+    one unit of its last shown digit (the last digit may round differently elsewhere)."""
+    a, b = _words(got), _words(shown)
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if _NUMBER.sub("#", x) != _NUMBER.sub("#", y):
+            return False
+        for nx, ny in zip(_NUMBER.findall(x), _NUMBER.findall(y), strict=True):
+            if abs(float(nx) - float(ny)) > max(rtol * abs(float(ny)), _unit(ny)):
+                return False
+    return True
+
+
+def test_same_output_compares_words_and_numbers() -> None:
+    shown = "says  loss\n----  ------\nbark  0.5161\n"
+    assert same_output("says   loss\n-----  -----\nbark   0.51612\n", shown)
+    assert not same_output("says  loss\n----  ----\nmoo   0.5161\n", shown)
+    assert same_output("says  loss\n----  ----\nbark  0.5162\n", shown)
+    assert not same_output("says  loss\n----  ----\nbark  0.5175\n", shown)
+    assert not same_output("says  loss\n----  ----\nbark  0.52\n", shown)
+    assert not same_output("says  loss\n----  ----\nbark  0.5161\nmoo  0.1\n", shown)
+
+
+@pytest.mark.parametrize("doc", RUN_AS_WRITTEN)
+def test_doc_runs_as_written(doc: str, minilm_dir: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    # `actstore` and `python` as a reader's shell finds them: the ones of this environment
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), *sys.path])
+    for lang, code, shown in doc_steps(ROOT / doc):
+        argv = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable]
+        done = subprocess.run(
+            argv,
+            input=code if lang == "python" else None,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, f"{doc}: {code}\n{done.stderr}"
+        if shown is not None:
+            assert same_output(done.stdout, shown), f"{doc}: {code}\nprinted:\n{done.stdout}"
