@@ -99,13 +99,13 @@ class _Writer(threading.Thread):
         self.checkpoints: list[Progress] = []
 
     def run(self) -> None:
-        try:
-            while True:
-                item = self.queue.get()
-                if item is None:
-                    return
-                if self.error is not None:
-                    continue  # drain after a failure; the main thread raises it
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # drain after a failure (a put never blocks); the main thread raises
+            try:
                 t0 = time.perf_counter()
                 kind, payload = item
                 if kind == "batch":
@@ -117,13 +117,19 @@ class _Writer(threading.Thread):
                 else:
                     self.checkpoints.append(self.part.checkpoint(**payload))
                 self.seconds += time.perf_counter() - t0
-        except BaseException as e:
-            self.error = e
+            except BaseException as e:
+                self.error = e
 
     def put(self, item: tuple[str, Any] | None) -> None:
-        if self.error is not None:
-            raise self.error
-        self.queue.put(item)
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:  # waits for room, but never past the writer's death
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if not self.is_alive():
+                    raise RuntimeError("the writer thread stopped without a word") from None
 
     def finish(self) -> None:
         """Write what is queued, stop, and raise the thread's error if it had one."""

@@ -1,0 +1,70 @@
+"""The writer thread of an extraction: its failure reaches the main thread, never a hang.
+
+A full disk failed the writer while the main thread was about to queue a batch into a full
+queue: the writer thread had ended, so the put waited forever (seen as an `extract` that
+hung in the full-disk test). The part here is a stand-in that fails once the queue is full,
+which makes that interleaving certain.
+"""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from actstore.extract._pipeline import _Writer
+
+
+class FullDiskPart:
+    def __init__(self, writer: list[_Writer]) -> None:
+        self.writer = writer
+
+    def add_batch(self, *_: Any) -> None:
+        q = self.writer[0].queue
+        deadline = time.monotonic() + 10
+        while not q.full() and time.monotonic() < deadline:  # the main thread fills it
+            time.sleep(0.01)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failing_writer_never_leaves_a_put_waiting() -> None:
+    box: list[_Writer] = []
+    writer = _Writer(FullDiskPart(box), ["hidden.0"])  # type: ignore[arg-type]
+    box.append(writer)
+    writer.start()
+    import torch
+
+    item = ("batch", (None, {"hidden.0": torch.zeros((1, 2))}, None, None))
+    outcome: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for _ in range(50):
+                writer.put(item)
+            writer.finish()
+        except BaseException as e:
+            outcome.append(e)
+
+    main = threading.Thread(target=produce, daemon=True)
+    main.start()
+    main.join(timeout=30)
+    assert not main.is_alive(), "the producer hung on a writer that had failed"
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], OSError)
+    assert outcome[0].errno == errno.ENOSPC
+    writer.abandon()
+    assert not writer.is_alive()
+
+
+def test_a_writer_that_died_without_an_error_is_reported() -> None:
+    writer = _Writer(None, [])  # type: ignore[arg-type]
+    writer.queue.put(None)  # it stops at once, leaving the queue to fill
+    writer.start()
+    writer.join(timeout=5)
+    for _ in range(writer.queue.maxsize):
+        writer.queue.put(("checkpoint", {}))
+    with pytest.raises(RuntimeError, match="writer thread stopped"):
+        writer.put(("checkpoint", {}))
