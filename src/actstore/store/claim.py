@@ -40,6 +40,7 @@ from actstore.store.locks import (
     identity_digest,
     lock_holder,
     locked_part_indices,
+    pid_alive,
     try_lock_part,
 )
 from actstore.store.manifest import read_manifest, read_run_json, store_lock, write_manifest
@@ -278,18 +279,8 @@ def _empty_trash(store: Path) -> None:
     host = socket.gethostname()
     for entry in folder.iterdir():
         _, pid, entry_host = [*entry.name.split("-", 2), "", ""][:3]
-        if entry_host == host and pid.isdigit() and not _alive(int(pid)):
+        if entry_host == host and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _docs_files(store: Path, run: str) -> list[Path]:

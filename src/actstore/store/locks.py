@@ -39,8 +39,20 @@ __all__ = [
     "identity_digest",
     "lock_holder",
     "locked_part_indices",
+    "pid_alive",
     "try_lock_part",
 ]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs (one we may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class PartLock:

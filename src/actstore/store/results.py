@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from actstore.errors import ConfigError, ResultNotFoundError, StoreCorruptError
 from actstore.store._parquet import corrupt_file, read_table
 from actstore.store.format import ARRAYS_DIR, RESULT_META, RESULT_TABLE, RESULTS_DIR
+from actstore.store.locks import pid_alive
 from actstore.store.manifest import read_manifest, store_lock
 from actstore.store.writable import write_errors
 
@@ -217,23 +218,13 @@ def _prune(root: Path, name: str, keep: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
     for tmp in root.glob(f".{name}.link-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
 
 def _is_version(path: Path, name: str) -> bool:
     rest = path.name[len(name) + 1 :].split("-")
     return len(rest) == 2 and rest[0].isdigit() and (rest[1].isdigit() or rest[1] == "legacy")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fsync_tree(folder: Path) -> None:
