@@ -68,3 +68,44 @@ def test_a_writer_that_died_without_an_error_is_reported() -> None:
         writer.queue.put(("checkpoint", {}))
     with pytest.raises(RuntimeError, match="writer thread stopped"):
         writer.put(("checkpoint", {}))
+
+
+def test_a_checkpoint_inside_a_pool_names_its_pool_however_far_behind_the_writer_is(
+    tiny_model_dirs: dict[str, Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An in-pool checkpoint records where its pool starts, even when the writer thread is
+    still writing the previous pool's end: it once took ``consumed`` from the progress the
+    writer had not updated yet, so a job killed after it resumed one pool too early and
+    stored that pool's records twice (seen in CI as docs 320 of 160, duplicate_docs 159)."""
+    from actstore.store.part import PartWriter
+
+    from .test_extract import run, write_corpus
+
+    texts = [f"record {i} says {'word ' * (i % 7 + 1)}" for i in range(256)]  # pools cut per 64 records
+    data = write_corpus(tmp_path / "c.jsonl", texts)
+    seen: list[tuple[int, int | None, bool]] = []
+    real = PartWriter.checkpoint
+
+    def slow_checkpoint(self: PartWriter, **kw: Any) -> Any:
+        if kw.get("docs") is not None:
+            time.sleep(0.5)  # a slow disk: the main thread runs on into the next pool
+        seen.append((kw["consumed"], kw.get("batches"), kw.get("docs") is not None))
+        return real(self, **kw)
+
+    monkeypatch.setattr(PartWriter, "checkpoint", slow_checkpoint)
+    run(
+        tiny_model_dirs["bert"],
+        data,
+        tmp_path / "s.acts",
+        checkpoint_seconds=0,
+        batch_tokens=64,
+        pool_batches=3,
+    )
+    ends = [c for c, _, end in seen if end]
+    assert len(ends) >= 3, seen  # several pools, or the race cannot happen
+    start = 0
+    for consumed, batches, end in seen:
+        if batches:  # inside a pool: the pool's start
+            assert consumed == start, seen
+        if end:
+            start = consumed

@@ -235,7 +235,11 @@ def run_pools(
     writer = _Writer(part, loop.sites)
     clock = _Clock(started, producer, writer)
     skip = part.progress.get("batches", 0)
-    records = float(part.progress["consumed"])  # where the current pool starts
+    # where the current pool starts: kept here, never read back from ``part.progress``,
+    # which the writer thread updates when it reaches a checkpoint (an in-pool checkpoint
+    # queued before the writer saw the previous pool's end must still name this pool)
+    pool_start = part.progress["consumed"]
+    records = float(pool_start)
     rows = durable = part.progress["rows"]  # queued to the writer / checkpointed
     tokens = 0
     t_loop = time.perf_counter()
@@ -271,7 +275,7 @@ def run_pools(
                         loop.check_overflow(counts)  # no durable row may hide an overflow
                         durable = rows
                         checkpoint = {
-                            "consumed": part.progress["consumed"],
+                            "consumed": pool_start,
                             "counts": counts,
                             "timings": clock.take(),
                             "centroids": loop.centroid_state(),
@@ -292,7 +296,8 @@ def run_pools(
                     "centroids": loop.centroid_state(),
                 }
                 writer.put(("checkpoint", checkpoint))
-                records = float(pool.consumed)
+                pool_start = pool.consumed
+                records = float(pool_start)
                 report(records)
         writer.finish()
     except BaseException:
