@@ -81,7 +81,8 @@ def test_a_checkpoint_inside_a_pool_names_its_pool_however_far_behind_the_writer
 
     from .test_extract import run, write_corpus
 
-    texts = [f"record {i} says {'word ' * (i % 7 + 1)}" for i in range(256)]  # pools cut per 64 records
+    # pools are cut per 64 records
+    texts = [f"record {i} says {'word ' * (i % 7 + 1)}" for i in range(256)]
     data = write_corpus(tmp_path / "c.jsonl", texts)
     seen: list[tuple[int, int | None, bool]] = []
     real = PartWriter.checkpoint

@@ -292,20 +292,20 @@ def test_a_damaged_matrix_chunk_is_an_error(stores: dict[str, Path], tmp_path: P
 def test_each_chunk_is_checked_once_per_opened_map(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import google_crc32c
+    from actstore.store import _shard
 
     store = tmp_path / "s.acts"
     write_synthetic_run(store, RUN, n_docs=40, tokens_per_doc=10, d=6, layout=LAYOUT["none"])
     chunk_bytes = 4 * 6 * 4  # 4 rows of 6 float32 (an index of 8 entries is 128 bytes)
     checked: list[int] = []
-    real = google_crc32c.value
+    real = _shard.crc32c
 
     def counting(data: Any) -> int:
         if len(data) == chunk_bytes:
             checked.append(1)
         return real(data)
 
-    monkeypatch.setattr(google_crc32c, "value", counting)
+    monkeypatch.setattr(_shard, "crc32c", counting)
     reader = StoreReader(store)
     run = reader.run(RUN)
     rows = np.array([0, 1, 2, 5, 9, 40, 41, 250])

@@ -250,3 +250,80 @@ def test_docs_files_of_a_run_are_matched_exactly(tmp_path: Path) -> None:
     assert len(list((alone / "docs").glob("*.parquet"))) == 3
     assert [f.name for f in StoreReader(alone).run("a").doc_files()] == [docs_file_name("a", 0)]
     assert store_info(alone)["docs"] == 2
+
+
+def test_prefetched_keeps_order_errors_and_at_most_two_results() -> None:
+    """The read-ahead of ``iter_vectors``: results in order, one load ahead at most, a
+    load's error raised when its result is due, and nothing more read after a stop."""
+    import threading
+    import time
+
+    from actstore.store._gather import prefetched
+
+    started: list[int] = []
+    live = [0]
+    peak = [0]
+    lock = threading.Lock()
+
+    def load(i: int) -> int:
+        with lock:
+            started.append(i)
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.01)
+        if i == 5:
+            raise StoreCorruptError(f"block {i}")
+        return i
+
+    def loads(n: int) -> Any:
+        return (lambda i=i: load(i) for i in range(n))
+
+    got = []
+    for x in prefetched(loads(5)):
+        got.append(x)
+        with lock:
+            live[0] -= 1
+    assert got == [0, 1, 2, 3, 4]
+    assert peak[0] <= 2
+    assert list(prefetched(loads(0))) == []
+
+    got, started[:] = [], []
+
+    def consume() -> None:
+        for x in prefetched(loads(9)):
+            got.append(x)
+
+    with pytest.raises(StoreCorruptError, match="block 5"):
+        consume()
+    assert got == [0, 1, 2, 3, 4]  # the error comes where block 5 is due, not earlier
+
+    started[:] = []
+    gen = prefetched(loads(100))
+    assert next(gen) == 0
+    gen.close()
+    time.sleep(0.1)
+    assert len(started) <= 3  # at most the next load ran after the stop
+
+
+@pytest.mark.parametrize("run", [r[0] for r in RUNS])
+def test_a_scan_reuses_only_blocks_nobody_holds(store: Path, run: str) -> None:
+    """``iter_vectors`` recycles a block's memory only once the caller has let go of it:
+    blocks kept (or views of them) keep their values; blocks dropped are reused."""
+    import actstore
+
+    with actstore.open(store) as s:
+        site = s.sites(run)[0]
+        whole = s.vectors(run, site, np.arange(91))
+        kept = [(ids, x) for ids, x in s.iter_vectors(run, site, batch_rows=5)]
+        assert len({x.__array_interface__["data"][0] for _, x in kept}) == len(kept)
+        np.testing.assert_array_equal(np.concatenate([x for _, x in kept]), whole)
+
+        views, seen = [], set()
+        for ids, x in s.iter_vectors(run, site, batch_rows=5):
+            seen.add(x.__array_interface__["data"][0])
+            if ids[0] % 15 == 0:
+                views.append((ids, x[1:3]))  # a view holds its block
+            np.testing.assert_array_equal(x, whole[ids])
+        for ids, v in views:
+            np.testing.assert_array_equal(v, whole[ids[1:3]])
+        assert len(seen) < 19 - len(views)  # the others were reused

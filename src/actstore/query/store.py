@@ -7,6 +7,7 @@ and splitting the class would scatter its API reference.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -18,6 +19,7 @@ import numpy.typing as npt
 from actstore.errors import ConfigError, TokenNotFoundError
 from actstore.query import select
 from actstore.query.select import Match
+from actstore.store._gather import Buffers, prefetched
 from actstore.store.reader import RunReader, StoreReader, as_row_array
 
 if TYPE_CHECKING:
@@ -301,18 +303,29 @@ class Store:
             raise ConfigError(f"batch_rows must be >= 1, got {batch_rows}")
         r = self._run(run)
         r.site_info(site)
+        # each block is read (and its chunks checked) in a background thread while the
+        # caller works on the one before: a scan then costs about what its own work does
         if rows is None:
             arr = r.site_array(site)
-            for start, block in arr.blocks(batch_rows):
-                x = r.to_logical(site, block)
-                ids = np.arange(start, start + len(block), dtype=np.int64)
-                yield ids, x if dtype is None else x.astype(dtype, copy=False)
+            bufs = Buffers(arr.d, arr.dtype)
+
+            def read(start: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any]]:
+                stop = min(start + batch_rows, arr.n_rows)
+                x = r.to_logical(site, arr.read(start, stop, bufs.get(stop - start)))
+                ids = np.arange(start, start + len(x), dtype=np.int64)
+                return ids, x if dtype is None else x.astype(dtype, copy=False)
+
+            starts = range(0, arr.n_rows, batch_rows)
+            yield from prefetched(functools.partial(read, s) for s in starts)
             return
         ids = self._rows(r, rows, params)
-        for start in range(0, len(ids), batch_rows):
-            part = ids[start : start + batch_rows]
+
+        def gather(part: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], npt.NDArray[Any]]:
             x = r.gather(site, part)
-            yield part, x if dtype is None else x.astype(dtype, copy=False)
+            return part, x if dtype is None else x.astype(dtype, copy=False)
+
+        parts = (ids[s : s + batch_rows] for s in range(0, len(ids), batch_rows))
+        yield from prefetched(functools.partial(gather, p) for p in parts)
 
     def matrix(self, run: str, name: str) -> npt.NDArray[np.float32]:
         """A per-vocabulary matrix of ``run``: ``embed`` / ``unembed`` ``[V, d]``,

@@ -16,13 +16,23 @@ zarr-python's ``ShardingCodec`` and ``Crc32cCodec`` byte for byte.
 from __future__ import annotations
 
 import mmap
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import google_crc32c
 import numpy as np
 import numpy.typing as npt
 
 from actstore.errors import StoreCorruptError
+
+#: The CRC32C of a buffer (bytes, mmap slice, C-contiguous array) as an int: the
+#: ``crc32c`` package when installed (twice as fast here, and it lets other threads run
+#: meanwhile), else ``google_crc32c`` (the same values; it comes with zarr).
+crc32c: Callable[[Any], int]
+try:
+    from crc32c import crc32c
+except ImportError:  # pragma: no cover - a dependency of actstore
+    crc32c = google_crc32c.value
 
 __all__ = [
     "CRC_BYTES",
@@ -31,6 +41,7 @@ __all__ = [
     "REPAIR",
     "bad_chunks",
     "chunk_crc",
+    "crc32c",
     "decode_index",
     "dense_index",
     "encode_index",
@@ -77,7 +88,7 @@ def dense_index(n_chunks: int, n_stored: int, chunk_nbytes: int) -> npt.NDArray[
 def encode_index(index: npt.NDArray[np.uint64]) -> bytes:
     """The bytes of ``index`` (shape ``(n_chunks, 2)``) as stored: entries, then CRC32C."""
     raw = np.ascontiguousarray(index, dtype=_INDEX_DTYPE).tobytes()
-    crc: int = google_crc32c.value(raw)
+    crc: int = crc32c(raw)
     return raw + crc.to_bytes(CRC_BYTES, "little")
 
 
@@ -100,7 +111,7 @@ def decode_index(
         )
     if crc:
         stored = int.from_bytes(raw[entries:], "little")
-        if google_crc32c.value(raw[:entries]) != stored:
+        if crc32c(raw[:entries]) != stored:
             raise StoreCorruptError(f"{where}: shard index checksum mismatch; {REPAIR}")
     return np.frombuffer(raw, _INDEX_DTYPE, count=2 * n_chunks).reshape(n_chunks, 2)
 
@@ -113,7 +124,7 @@ def chunk_crc(chunk: npt.NDArray[np.uint8]) -> bytes:
     >>> chunk_crc(np.frombuffer(b"123456789", np.uint8)).hex()  # the CRC32C check value
     '839206e3'
     """
-    crc: int = google_crc32c.value(chunk)
+    crc: int = crc32c(chunk)
     return crc.to_bytes(CRC_BYTES, "little")
 
 
@@ -121,8 +132,7 @@ def bad_chunks(data: bytes | mmap.mmap, offsets: Iterable[int], nbytes: int) -> 
     """Positions ``i`` whose chunk ``data[offsets[i] : offsets[i] + nbytes]`` (its bytes,
     then their CRC32C) fails its checksum; empty when all are intact.
 
-    Each chunk is sliced into a bytes copy first: checksumming a copy in the CPU cache is
-    faster than reading a memory map word by word.
+    Each chunk is checksummed where it lies (a memory map is read once, no copy).
 
     >>> good = b"123456789" + chunk_crc(np.frombuffer(b"123456789", np.uint8))
     >>> bad_chunks(good + good, [0, 13], 13)
@@ -131,9 +141,10 @@ def bad_chunks(data: bytes | mmap.mmap, offsets: Iterable[int], nbytes: int) -> 
     [1]
     """
     size = nbytes - CRC_BYTES
-    value = google_crc32c.value
-    return [
-        i
-        for i, o in enumerate(offsets)
-        if value(data[o : o + size]) != int.from_bytes(data[o + size : o + nbytes], "little")
-    ]
+    value = crc32c
+    with memoryview(data) as mv:
+        return [
+            i
+            for i, o in enumerate(offsets)
+            if value(mv[o : o + size]) != int.from_bytes(mv[o + size : o + nbytes], "little")
+        ]
