@@ -1,7 +1,8 @@
 """Benchmark: a gradient extraction against a hand-written autograd loop, and its memory.
 
-MiniLM (the bundled model, no head) with ``--objective cosine-to-text`` over the demo
-corpus, ``grad.embed`` only, float32 on the CPU:
+MiniLM (the bundled model, no head) with ``--objective cosine-to-text`` over ``--docs``
+distinct docs of 1-6 demo sentences (``extract.write_corpus``, seed 0), ``grad.embed``
+only, float32 on the CPU:
 
 * ``extract``: ``actstore extract``'s batches, timed by the run's own ``forward_s``
   (forward + backward + drop padding + cast + host copy, as the pipeline runs them);
@@ -10,9 +11,11 @@ corpus, ``grad.embed`` only, float32 on the CPU:
   rows;
 
 and the peak RSS of a gradient extraction and of a forward-only one (``hidden.6``), each
-in a fresh process. Prints one JSON object.
+in a fresh process. The two run interleaved (the order alternates each round), and the
+ratio is reported both as the median of per-round ratios and as the ratio of medians.
+Prints a table and writes ``benchmarks/out/gradients.json``.
 
-    python benchmarks/gradients.py --repeats 3
+    python benchmarks/gradients.py --repeats 5 --docs 400
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _common import command_line, machine_info, markdown_table, median, now_iso, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "src" / "actstore" / "data" / "demo_corpus.jsonl"
+OUT = Path(__file__).parent / "out"
+DEMO = OUT / "gradients-corpus.jsonl"
 TARGET = "a dog barks at the cat"
 
 
@@ -98,40 +104,64 @@ def hand_loop() -> dict[str, float]:
     return {"hand_s": time.perf_counter() - t0, "tokens": tokens}
 
 
-def _child(what: str) -> dict[str, float]:
+def _child(what: str, docs: int) -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, __file__, "--child", what], check=True, capture_output=True, text=True
+        [sys.executable, __file__, "--child", what, "--docs", str(docs)],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--docs", type=int, default=400, help="docs in the corpus")
     parser.add_argument("--child", choices=["grad", "forward", "hand"])
     args = parser.parse_args()
+    from extract import write_corpus
+
+    OUT.mkdir(parents=True, exist_ok=True)
     if args.child:
         result = hand_loop() if args.child == "hand" else extract_once(args.child == "grad")
         print(json.dumps(result))
         return
-    grad = [_child("grad") for _ in range(args.repeats)]
-    hand = [_child("hand") for _ in range(args.repeats)]
-    fwd = _child("forward")
-    ex = sorted(r["forward_s"] for r in grad)[len(grad) // 2]
-    hd = sorted(r["hand_s"] for r in hand)[len(hand) // 2]
-    print(
-        json.dumps(
-            {
-                "tokens": grad[0]["tokens"],
-                "extract_forward_s": ex,
-                "hand_s": hd,
-                "time_ratio_extract_over_hand": ex / hd,
-                "peak_mib_grad": max(r["peak_mib"] for r in grad),
-                "peak_mib_forward_only": fwd["peak_mib"],
-            },
-            indent=1,
-        )
-    )
+    write_corpus(DEMO, args.docs, seed=0)
+    grad: list[dict[str, float]] = []
+    hand: list[dict[str, float]] = []
+    for r in range(args.repeats):
+        pair = [("grad", grad), ("hand", hand)]
+        for what, acc in pair if r % 2 == 0 else pair[::-1]:
+            acc.append(_child(what, args.docs))
+    fwd = _child("forward", args.docs)
+    ex = median([g["forward_s"] for g in grad])
+    hd = median([h["hand_s"] for h in hand])
+    per_round = [g["forward_s"] / h["hand_s"] for g, h in zip(grad, hand, strict=True)]
+    res = {
+        "command": command_line(),
+        "date": now_iso(),
+        "machine": machine_info(),
+        "docs": args.docs,
+        "tokens": grad[0]["tokens"],
+        "extract_forward_s": [g["forward_s"] for g in grad],
+        "hand_s": [h["hand_s"] for h in hand],
+        "time_ratio_extract_over_hand": ex / hd,
+        "time_ratio_median_of_rounds": median(per_round),
+        "peak_mib_grad": max(g["peak_mib"] for g in grad),
+        "peak_mib_forward_only": fwd["peak_mib"],
+    }
+    write_json(OUT / "gradients.json", res)
+    rows = [
+        ["tokens (real, fed)", f"{res['tokens']:,}", ""],
+        ["extraction forward_s, median", f"{ex:.2f} s", ""],
+        ["hand-written loop, median", f"{hd:.2f} s", ""],
+        ["extraction ÷ hand, ratio of medians", f"{ex / hd:.3f}", "≤ 1.15"],
+        ["extraction ÷ hand, median of per-round ratios", f"{median(per_round):.3f}", "≤ 1.15"],
+        ["peak RSS, gradient extraction", f"{res['peak_mib_grad']:.0f} MiB", ""],
+        ["peak RSS, forward-only extraction", f"{res['peak_mib_forward_only']:.0f} MiB", ""],
+    ]
+    print(markdown_table(["measure", "value", "target"], rows))
 
 
 if __name__ == "__main__":

@@ -128,6 +128,11 @@ class _Shard:
             strides=(unit,),
         )
 
+    @property
+    def all_verified(self) -> bool:
+        """Whether every chunk of the shard passed its checksum since it was mapped."""
+        return self._all_verified
+
     def verify(self, chunks: npt.NDArray[np.int64]) -> None:
         """Check the CRC32C of each chunk in ``chunks`` not yet checked since mapping."""
         if self._all_verified:
@@ -476,7 +481,12 @@ class PartArray:
                 else:
                     out[dest[a:b]] = block
 
-        if len(rows) >= _THREAD_MIN_ROWS and len(jobs) > 1:
+        # threads pay off for large gathers, and for chunks still to be checked (the
+        # checksum releases the GIL: a first gather after opening checks whole chunks)
+        if len(jobs) > 1 and (
+            len(rows) >= _THREAD_MIN_ROWS
+            or not all(self._shard(s).all_verified for s, _, _ in jobs)
+        ):
             _parallel(run, jobs)
         else:
             run(jobs)
