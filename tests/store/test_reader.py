@@ -327,3 +327,35 @@ def test_a_scan_reuses_only_blocks_nobody_holds(store: Path, run: str) -> None:
         for ids, v in views:
             np.testing.assert_array_equal(v, whole[ids[1:3]])
         assert len(seen) < 19 - len(views)  # the others were reused
+
+
+def _rss_file() -> int:
+    """Bytes of file pages mapped into this process (``RssFile``; Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) * 1024
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_reads_do_not_keep_the_store_mapped(tmp_path: Path) -> None:
+    """A scan or a large gather leaves few store pages mapped: memory (RSS) stays flat
+    however many rows the reader streams (the sparse analyses' bounded-memory claim)."""
+    import actstore
+
+    path = tmp_path / "s.acts"
+    write_synthetic_run(path, "r", n_docs=1000, tokens_per_doc=100, d=128, sites=("h",))
+    data_mb = 100_000 * 128 * 4 / 2**20  # ~49 MiB of rows
+    with actstore.open(path) as s:
+        base = _rss_file()
+        total = 0.0
+        for _, x in s.iter_vectors("r", "h", batch_rows=8192):
+            total += float(x[:, 0].sum())
+        scan_mb = (_rss_file() - base) / 2**20
+        rows = np.arange(0, 100_000, 2, dtype=np.int64)
+        for a in range(0, len(rows), 16384):  # as the sparse coding pass reads
+            s.vectors("r", "h", rows[a : a + 16384])
+        gather_mb = (_rss_file() - base) / 2**20
+        ref = float(s.vectors("r", "h", np.arange(100_000))[:, 0].sum())
+    assert np.isclose(total, ref)
+    assert scan_mb < data_mb / 4, (scan_mb, data_mb)
+    assert gather_mb < data_mb / 4, (gather_mb, data_mb)

@@ -16,6 +16,7 @@ parts are one read path whose pieces call each other; split it when it grows fur
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import mmap
@@ -48,6 +49,9 @@ __all__ = ["Buffers", "MapCache", "PartArray", "SiteArray", "prefetched"]
 #: Below it one thread is faster: at 10,000 warm rows two threads cost ~25 % more (their
 #: first touches of the fresh output array contend, and the split has its own overhead).
 _THREAD_MIN_ROWS = 65536
+#: A read of at least this many rows from one shard unmaps their pages afterwards (see
+#: :meth:`_Shard.release`); smaller ones leave them mapped for the next read.
+_RELEASE_MIN_ROWS = 4096
 
 _T = TypeVar("_T")
 
@@ -158,6 +162,12 @@ class _Shard:
         """Row ``r[i]`` of chunk ``k[i]`` of the shard for each ``i``, checked, shape
         ``(n, d)``."""
         self.verify(k)
+        out = self._take(k, r)
+        if len(k) >= _RELEASE_MIN_ROWS:
+            self.release(int(k.min()), int(k.max()))
+        return out
+
+    def _take(self, k: npt.NDArray[np.int64], r: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
         dtype, d = self.lay.dtype, self.lay.d
         if self.dense:
             rows: npt.NDArray[Any] = self.units[k * self.chunk_units + r * self.row_units]
@@ -170,6 +180,21 @@ class _Shard:
         full = units >= 0
         out[full] = self.units[units[full] + r[full] * self.row_units].view(dtype).reshape(-1, d)
         return out
+
+    def release(self, k0: int, k1: int) -> None:
+        """Unmap the pages of chunks ``k0..k1`` from this process (they stay in the page
+        cache; a later read maps them again). Without it every page a scan or a large
+        gather reads stays counted in the process's RSS until the store closes, so peak
+        RSS grows with the rows read even when the reader holds one block at a time."""
+        offs = self.offsets[k0 : k1 + 1]
+        offs = offs[offs >= 0]
+        if not len(offs):
+            return
+        start = -(-int(offs.min()) // mmap.PAGESIZE) * mmap.PAGESIZE
+        stop = (int(offs.max()) + self.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if stop > start:
+            with contextlib.suppress(OSError, ValueError):  # advice only
+                self.mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
     def read(self, a: int, b: int, out: npt.NDArray[Any]) -> None:
         """Copy rows ``a:b`` of the shard (checked) into ``out``."""
@@ -184,6 +209,8 @@ class _Shard:
             # 33 MB shard; the copy alone 6.1 ms)
             self.verify(np.arange(k0, k1 + 1, dtype=np.int64))
         self._copy(a, b, out)
+        if b - a >= _RELEASE_MIN_ROWS:
+            self.release(k0, k1)
 
     def _copy(self, a: int, b: int, out: npt.NDArray[Any]) -> None:
         """Copy rows ``a:b`` of a dense shard into ``out`` (whole chunks in one go)."""
