@@ -356,6 +356,16 @@ def test_reads_do_not_keep_the_store_mapped(tmp_path: Path) -> None:
             s.vectors("r", "h", rows[a : a + 16384])
         gather_mb = (_rss_file() - base) / 2**20
         ref = float(s.vectors("r", "h", np.arange(100_000))[:, 0].sum())
+    with actstore.open(path) as s:  # mini-batches of scattered rows, as dictionary learning
+        from actstore.query.rowstream import StoreSource
+
+        src = StoreSource(s, "r", "h")
+        base = _rss_file()
+        rng = np.random.default_rng(0)
+        for _ in range(40):
+            src.read(rng.integers(0, src.n_rows, 256))
+        batches_mb = (_rss_file() - base) / 2**20
     assert np.isclose(total, ref)
     assert scan_mb < data_mb / 4, (scan_mb, data_mb)
     assert gather_mb < data_mb / 4, (gather_mb, data_mb)
+    assert batches_mb < data_mb / 4, (batches_mb, data_mb)

@@ -253,6 +253,16 @@ class MapCache:
                 self._views.popitem(last=False)
         return shard
 
+    def release_all(self) -> None:
+        """Unmap the pages of every open map from this process (see
+        :meth:`_Shard.release`); the maps, and what they checked, are kept."""
+        with self._lock:
+            shards = list(self._views.values())
+        for shard in shards:
+            n = len(shard.offsets)
+            if n:
+                shard.release(0, n - 1)
+
     def clear(self) -> None:
         """Forget every map (they close when no longer referenced)."""
         with self._lock:
