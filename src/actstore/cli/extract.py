@@ -1,4 +1,5 @@
-"""``actstore extract | info | commit | demo``: the write side of the command line."""
+"""``actstore extract | optimize | info | commit | demo``: the write side of the command
+line."""
 
 from __future__ import annotations
 
@@ -59,6 +60,39 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         summary["engine"] = config.engine
         summary["workers"] = result.workers
         summary["parts"] = [dataclasses.asdict(p) for p in result.parts]
+    _print_summary(args, summary, result)
+    return 0
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    from actstore.extract.optimize import OPTIMIZE_ONLY_EXTRACT, OptimizeConfig, optimize
+    from actstore.extract.progress import ProgressBar
+
+    values = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(OptimizeConfig)
+        if f.name not in OPTIMIZE_ONLY_EXTRACT and f.name != "run"
+    }
+    values["run"] = args.run or _default_run_name(args.model) + "-optimize"
+    config = OptimizeConfig(**values)
+    shard = f" [{config.shard}/{config.num_shards}]" if config.num_shards > 1 else ""
+    with ProgressBar(f"optimize {config.run}{shard}", disable=config.quiet) as bar:
+        result = optimize(config, progress=bar)
+    summary: dict[str, Any] = {
+        "store": str(result.store),
+        "run": result.run,
+        "shard": result.shard,
+        "status": result.status,
+        "rows": result.rows,
+        "counts": result.counts,
+        "seconds": round(result.seconds, 3),
+        "steps": config.stored_steps(),
+    }
+    _print_summary(args, summary, result)
+    return 0
+
+
+def _print_summary(args: argparse.Namespace, summary: dict[str, Any], result: Any) -> None:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -78,7 +112,6 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             + (f" ({extra})" if extra else "")
             + (f" in {result.seconds:.1f} s" if result.seconds else "")
         )
-    return 0
 
 
 def _default_run_name(model: str) -> str:
@@ -136,7 +169,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    """Register ``extract``, ``info``, ``commit`` and ``demo`` on an argparse ``subparsers``."""
+    """Register ``extract``, ``optimize``, ``info``, ``commit`` and ``demo`` on an argparse
+    ``subparsers``."""
     from actstore.extract.config import ExtractConfig
 
     p = sub.add_parser(
@@ -157,6 +191,25 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_extract)
+
+    from actstore.extract.optimize import OPTIMIZE_ONLY_EXTRACT, OptimizeConfig
+
+    p = sub.add_parser(
+        "optimize",
+        help="optimise each prompt's input embeddings against an objective; store the trajectories",
+        description=OptimizeConfig.__doc__,
+    )
+    add_dataclass_options(
+        p,
+        OptimizeConfig,
+        skip={"run", *OPTIMIZE_ONLY_EXTRACT},
+        aliases=_ALIASES,
+    )
+    p.add_argument(
+        "--run", help=helps["run"] + " (default: the model folder or id's last part + -optimize)"
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_optimize)
 
     p = sub.add_parser("info", help="runs, sites, shapes, dtypes, counts and bytes of a store")
     p.add_argument("store")

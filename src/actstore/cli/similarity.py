@@ -146,6 +146,23 @@ def _cmd_grad(args: argparse.Namespace) -> None:
     emit(args, res)
 
 
+def _cmd_trajectory(args: argparse.Namespace) -> None:
+    from actstore.query.similarity.trajectory import trajectory_result
+
+    with open_run(args) as (store, run):
+        res = trajectory_result(
+            store,
+            run,
+            rows=args.rows,
+            metric=args.metric,
+            pairs=args.pairs,
+            seed=args.seed,
+            bins=args.bins,
+            **_saving(args),
+        )
+    emit(args, res)
+
+
 def add_commands(subparsers: Any) -> None:
     """Register ``similarity`` and its sub-subcommands on an argparse ``subparsers``."""
     top = subparsers.add_parser("similarity", help="cosine geometry, centroids, CKA, logit lens")
@@ -226,6 +243,27 @@ def add_commands(subparsers: Any) -> None:
     )
     p.add_argument("--bins", type=int, default=50, help="histogram bins (default: 50)")
     p.set_defaults(func=_cmd_grad)
+
+    p = sub.add_parser(
+        "trajectory",
+        help="an optimize run's trajectories: distance travelled, back-projection, heading",
+    )
+    add_store_args(p, save=True, seed=True)
+    p.add_argument("--rows", help="SQL selecting the rows (default: every non-special row)")
+    p.add_argument(
+        "--metric",
+        choices=["euclidean", "cosine"],
+        default="euclidean",
+        help="of the nearest vocabulary row (default: euclidean)",
+    )
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=10000,
+        help="random vocabulary pairs whose distances distance_pct compares with (default: 10000)",
+    )
+    p.add_argument("--bins", type=int, default=50, help="displacement histogram bins (default: 50)")
+    p.set_defaults(func=_cmd_trajectory)
 
     p = sub.add_parser("nearest", help="nearest vocabulary tokens of tokens, centroids or rows")
     add_store_args(p, save=True)

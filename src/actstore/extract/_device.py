@@ -94,10 +94,17 @@ class DeviceLoop:
         losses = None
         if self.grad is not None:
             outs, loss_t = self.grad(ids_t, mask_t, batch)
-            losses = {
-                "doc_id": np.array([s.doc_id for s in batch], np.int64),
-                "loss": loss_t.double().cpu().numpy(),
-            }
+            docs = np.array([s.doc_id for s in batch], np.int64)
+            values = loss_t.double().cpu().numpy()
+            if values.ndim == 1:
+                losses = {"doc_id": docs, "loss": values}
+            else:  # an optimisation: the loss of every doc at every step
+                n = values.shape[1]
+                losses = {
+                    "doc_id": np.repeat(docs, n),
+                    "step": np.tile(np.arange(n, dtype=np.int32), len(batch)),
+                    "loss": values.reshape(-1),
+                }
         else:
             outs = self.capture(ids_t, mask_t)
         host = {}

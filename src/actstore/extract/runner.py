@@ -199,21 +199,30 @@ def _extract(
     check_part_free(store, config.run, config.shard)  # refuse before loading the model
     from actstore.extract.head import matrices
     from actstore.extract.model import load_model
+    from actstore.extract.optimize import OptimizeConfig
     from actstore.extract.sites import SiteCapture, parse_sites
 
+    optimizing = isinstance(config, OptimizeConfig)
     lm = load_model(
         config.model,
         revision=config.revision,
         device=config.device,
-        compute_dtype=config.compute_dtype,
+        # an optimisation keeps float32 weights and embeddings (half precision autocasts)
+        compute_dtype="float32" if optimizing else config.compute_dtype,
         trust_remote_code=config.trust_remote_code,
         device_map=config.device_map,
         max_memory=config.max_memory,
     )
-    sites = parse_sites(config.sites, lm)
+    if isinstance(config, OptimizeConfig):
+        from actstore.extract.trajectory import precision, trajectory_sites
+
+        sites = trajectory_sites(config)
+        precision(config, lm.device)  # refuses half precision off CUDA before the store
+    else:
+        sites = parse_sites(config.sites, lm)
     pooler = _pooler(config, lm)  # validates max_length against the tokenizer
     objective = None
-    if any(s.kind == "grad" for s in sites):
+    if optimizing or any(s.kind == "grad" for s in sites):
         from actstore.extract.objectives import Objective
 
         objective = Objective(lm, config)  # refuses a missing head before the store changes
@@ -239,20 +248,26 @@ def _extract(
     if resume is not None and resume["version"] != PROGRESS_VERSION:
         resume = None  # staged by an older actstore (its docs lack records): start afresh
 
-    grad = None
-    if objective is not None:
+    grad: Any = None
+    capture: Any = None
+    mats = matrices(lm)
+    if isinstance(config, OptimizeConfig):
+        from actstore.extract.trajectory import OptimizePass
+
+        assert objective is not None
+        grad = capture = OptimizePass(lm, objective, config, mats["embed"])
+        probed = dict.fromkeys((s.name for s in sites), int(mats["embed"].shape[1]))
+    elif objective is not None:
         from actstore.extract.gradients import GradientPass, grad_dims
 
-        grad = GradientPass(lm, sites, objective)
-        capture: Any = grad
+        grad = capture = GradientPass(lm, sites, objective)
         probed = grad.capture.probe()
         probed.update(grad_dims(lm, sites, probed))
     else:
-        capture = SiteCapture(lm, sites)
-        probed = capture.probe()
+        plain = capture = SiteCapture(lm, sites)
+        probed = plain.probe()
     dims = {s.name: probed[s.name] for s in sites}
-    mats = matrices(lm)
-    part = _start_part(config, lm, sites, dims, mats, identity, resume, objective)
+    part = _start_part(config, lm, sites, dims, mats, identity, resume, objective, grad)
     loop = DeviceLoop(
         lm, capture, [s.name for s in sites], config, len(mats["embed"]), dims, grad=grad
     )
@@ -328,6 +343,7 @@ def _start_part(
     identity: dict[str, Any],
     resume: Progress | None,
     objective: Any = None,
+    grad: Any = None,
 ) -> PartWriter:
     """Open this job's part (afresh, or at its checkpoint) and write what it starts with."""
     from actstore.extract.head import head_info
@@ -365,6 +381,8 @@ def _start_part(
     }
     if objective is not None:
         meta["objective"] = objective.to_json(lm)
+    if hasattr(grad, "stored"):  # an OptimizePass
+        meta["optimize"] = grad.to_json()
     part.write_meta(meta)
     if not part.has_vocab_strings:
         part.write_vocab_strings(_vocab_strings(lm, vocab_size))
@@ -383,7 +401,8 @@ def _total_records(config: ExtractConfig, corpus: Corpus) -> int | None:
 def _bar_label(config: ExtractConfig) -> str:
     """The progress bar's label: the run, and the shard of a sharded run."""
     shard = f" [{config.shard}/{config.num_shards}]" if config.num_shards > 1 else ""
-    return f"extract {config.run}{shard}"
+    verb = "optimize" if hasattr(config, "stored_steps") else "extract"
+    return f"{verb} {config.run}{shard}"
 
 
 def _check_not_empty(config: ExtractConfig, part: PartWriter) -> None:
@@ -433,6 +452,12 @@ def _return_freed_memory_to_os() -> None:
 
 
 def _describe(lm: Any, site: Any) -> str:
+    if site.kind == "traj":
+        return (
+            f"input token embeddings (the input embedding module's output, before positions, "
+            f"scaling or projections) after {site.index} Adam steps on the run's objective "
+            "(run.json optimize, objective)"
+        )
     if site.kind == "grad":
         wrt = (
             "the input token embeddings (the input embedding module's output, before "

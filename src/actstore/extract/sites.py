@@ -36,11 +36,13 @@ class Site:
 
     name: str
     """``"hidden.3"`` or ``"module:encoder.layer.2.attention.output"``."""
-    kind: Literal["hidden", "module", "grad"]
-    """Hidden state (HF ``output_hidden_states`` index), a module's output, or the
-    gradient of the run's objective (``grad.embed``, ``grad.hidden.<i>``)."""
+    kind: Literal["hidden", "module", "grad", "traj"]
+    """Hidden state (HF ``output_hidden_states`` index), a module's output, the
+    gradient of the run's objective (``grad.embed``, ``grad.hidden.<i>``), or the input
+    embeddings of an optimisation run at one step (``traj.<step>``)."""
     index: int | None = None
-    """Hidden-state index, for ``kind == "hidden"`` and for ``grad.hidden.<i>``."""
+    """Hidden-state index, for ``kind == "hidden"`` and for ``grad.hidden.<i>``; the step
+    of a ``traj.<step>`` site."""
     module_path: str | None = None
     """Dotted path relative to the base model, for ``kind == "module"``."""
 

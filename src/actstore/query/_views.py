@@ -37,7 +37,8 @@ _EMPTY_VOCAB = (
     "NULL::VARCHAR AS piece, NULL::BOOLEAN AS special, NULL::BIGINT AS count WHERE false"
 )
 _EMPTY_LOSSES = (
-    "SELECT NULL::VARCHAR AS run, NULL::BIGINT AS doc_id, NULL::DOUBLE AS loss WHERE false"
+    "SELECT NULL::VARCHAR AS run, NULL::BIGINT AS doc_id, NULL::DOUBLE AS loss, "
+    "NULL::INTEGER AS step WHERE false"
 )
 _EMPTY_DOCS = (
     "SELECT NULL::BIGINT AS record, NULL::BIGINT AS doc_id, NULL::VARCHAR AS text, "
@@ -249,7 +250,9 @@ def create_views(con: duckdb.DuckDBPyConnection, reader: StoreReader) -> Views:
         absent["docs"] = bad_docs
     con.execute(
         "CREATE VIEW losses AS "
-        + (" UNION ALL BY NAME ".join(loss_parts) if loss_parts else _EMPTY_LOSSES)
+        # the empty part first: every run's losses get a step column (NULL but in an
+        # optimisation run) and keep the view's column order
+        + " UNION ALL BY NAME ".join([_EMPTY_LOSSES, *loss_parts])
     )
     runs_schema = pa.schema(
         [

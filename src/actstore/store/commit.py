@@ -213,6 +213,8 @@ def _commit_locked(store: Path, run: str, num_parts: int, manifest: ManifestJSON
         run_json["centroids"] = centroid_sites
     if "objective" in meta:
         run_json["objective"] = meta["objective"]
+    if "optimize" in meta:
+        run_json["optimize"] = meta["optimize"]
     remove_temp_files(run_json_path(store, run))  # left by a commit killed mid-write
     atomic_write_json(run_json_path(store, run), run_json, crash="atomic_write")
     crash_point("commit.run_json")
@@ -269,7 +271,8 @@ def _write_tokens(
 
 
 def _write_losses(store: Path, run: str, progresses: list[ProgressJSON]) -> None:
-    """A gradient run's per-doc objective values, all parts in one ``losses.parquet``."""
+    """A gradient run's per-doc objective values (an optimisation run's per doc and step),
+    all parts in one ``losses.parquet``."""
     if not any("loss_files" in p for p in progresses):
         return
     tables = [

@@ -84,7 +84,8 @@ RESULT_META = "meta.json"
 RUN_JSON_NAME = "run.json"
 TOKENS_DIR = "tokens"
 VOCAB_NAME = "vocab.parquet"
-#: per-doc objective values of a gradient run (``doc_id``, ``loss``); see docs/format.md
+#: per-doc objective values of a gradient run (``doc_id``, ``loss``; an optimisation run
+#: also ``step``); see docs/format.md
 LOSSES_NAME = "losses.parquet"
 #: a part's staged loss files (inside its staging directory)
 LOSSES_DIR = "losses"
@@ -184,6 +185,8 @@ class RunJSON(TypedDict):
     centroids: NotRequired[list[str]]
     objective: NotRequired[dict[str, object]]
     """A gradient run's objective (name, target, positions, loss formula)."""
+    optimize: NotRequired[dict[str, object]]
+    """An optimisation run's optimiser (steps, lr, stored steps, init, seed, precision)."""
     created_at: str
     committed_at: str
 
@@ -207,6 +210,7 @@ class PartMetaJSON(TypedDict):
     versions: dict[str, str]
     created_at: str
     objective: NotRequired[dict[str, object]]
+    optimize: NotRequired[dict[str, object]]
 
 
 class ProgressJSON(TypedDict):

@@ -256,7 +256,8 @@ class PartWriter:
 
         ``tokens`` has every column of the tokens table except ``row``, which is assigned
         here (consecutive, local to this part). ``losses`` (a gradient run's) has the
-        columns ``doc_id`` and ``loss`` of the batch's docs.
+        columns ``doc_id`` and ``loss`` of the batch's docs, and an optimisation run's
+        also ``step``.
         """
         if losses is not None:
             self._losses.append(dict(losses))
@@ -316,11 +317,12 @@ class PartWriter:
             crash_point()
         loss_files = list(self.progress.get("loss_files", []))
         if self._losses:
-            cols = {k: np.concatenate([t[k] for t in self._losses]) for k in ("doc_id", "loss")}
+            types = {"doc_id": pa.int64(), "step": pa.int32(), "loss": pa.float64()}
             table = pa.table(
                 {
-                    "doc_id": pa.array(cols["doc_id"], pa.int64()),
-                    "loss": pa.array(cols["loss"], pa.float64()),
+                    k: pa.array(np.concatenate([t[k] for t in self._losses]), t_)
+                    for k, t_ in types.items()
+                    if k in self._losses[0]
                 }
             )
             name = f"{LOSSES_DIR}/{stem}.parquet"
