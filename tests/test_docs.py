@@ -390,6 +390,24 @@ def test_every_printed_field_is_explained(
             quiet=True,
         )
     )
+    from actstore.extract.optimize import OptimizeConfig, optimize
+
+    ost = str(tmp_path / "t.acts")  # an optimisation run (trajectories)
+    optimize(
+        OptimizeConfig(
+            model=str(minilm_dir),
+            data=str(demo),
+            store=ost,
+            run="t",
+            objective="cosine-to-text",
+            objective_target="a dog barks",
+            limit_docs=2,
+            steps=2,
+            every=1,
+            device="cpu",
+            quiet=True,
+        )
+    )
     commands = [
         ["similarity", "pairwise", st, "--matrix", "embed", "--sample", "300"],
         ["similarity", "anisotropy", st, "--max-rows", "500", "--pairs", "500"],
@@ -425,6 +443,7 @@ def test_every_printed_field_is_explained(
         ["sparse", "atoms", st, "e", "--first", "1", "--top", "1", "--nearest", "embed"],
         ["info", st],
         ["similarity", "grad", gst, "--top-k", "1"],
+        ["similarity", "trajectory", ost, "--pairs", "200"],
         ["info", gst],
     ]
     text = (ROOT / "docs" / "outputs.md").read_text()
