@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from actstore.errors import ConfigError, CorpusError
+from actstore.errors import ConfigError, CorpusError, RunExistsError
 from actstore.extract.optimize import OptimizeConfig, optimize
 from actstore.extract.trajectory import draw_ellipsoid, fit_ellipsoid
 from actstore.query.store import Store
@@ -30,13 +30,15 @@ STEPS, EVERY, LR = 12, 4, 0.05
 
 
 def run_optimize(model: Path, data: Path, store: Path, **kw: Any) -> Any:
+    progress = kw.pop("progress", None)
     kw.setdefault("run", "r")
     kw.setdefault("quiet", True)
     kw.setdefault("device", "cpu")
     kw.setdefault("steps", STEPS)
     kw.setdefault("every", EVERY)
     kw.setdefault("lr", LR)
-    return optimize(OptimizeConfig(model=str(model), data=str(data), store=str(store), **kw))
+    config = OptimizeConfig(model=str(model), data=str(data), store=str(store), **kw)
+    return optimize(config, progress=progress)
 
 
 def reference_trajectory(
@@ -170,10 +172,14 @@ def test_cosine_to_text_on_a_model_without_head(
 ) -> None:
     data = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in ("the dog barks", "a cat")])
     store = tmp_path / "s.acts"
+    seen: list[Any] = []
     run_optimize(
         tiny_model_dirs["bert"], data, store, objective="cosine-to-text",
         objective_target="the red sky of the cow", steps=10, every=5, lr=0.1,
+        progress=seen.append,
     )  # fmt: skip
+    assert seen[0].records == 0
+    assert seen[-1].records == seen[-1].total_records == 2  # the bar's ticks, as extract's
     tokens, sites, losses, rj = _stored(store)
     assert rj["head"]["lm_head"] is None
     first = losses[losses["step"] == 0].set_index("doc_id")["loss"]
@@ -244,6 +250,10 @@ def test_bad_input_is_one_line_and_loses_nothing(
     assert "\n" not in str(exc.value)
     with pytest.raises(CorpusError, match=r"objective target field 'label' is not in the corpus"):
         run_optimize(bert_mlm, bad, store, objective_target_field="label", **kw)
+    with pytest.raises(RunExistsError, match=r"other arguments: lr 0.05 != 0.5"):
+        run_optimize(bert_mlm, good, store, run="keep", objective_target="x [MASK]", lr=0.5, **kw)
+    again = run_optimize(bert_mlm, good, store, run="keep", objective_target="x [MASK]", **kw)
+    assert again.status == "already-committed"
     with pytest.raises(ConfigError, match="optimize needs --objective"):
         run_optimize(bert_mlm, good, store, steps=2)
     with pytest.raises(ConfigError, match="steps and every must be >= 1"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from actstore.extract.config import ExtractConfig
 from actstore.extract.corpus import Corpus, Doc, open_corpus
+from actstore.extract.optimize import OptimizeConfig, optimize
 from actstore.extract.progress import ExtractProgress, ProgressBar
 from actstore.extract.runner import ExtractResult, extract
 
@@ -17,7 +18,9 @@ __all__ = [
     "ExtractConfig",
     "ExtractProgress",
     "ExtractResult",
+    "OptimizeConfig",
     "ProgressBar",
     "extract",
     "open_corpus",
+    "optimize",
 ]

@@ -1,5 +1,6 @@
 """Similarity and geometry: pairwise cosine statistics, anisotropy, centroids and semantic
-sinks, back-projection to the vocabulary (nearest tokens, logit lens), CKA / RSA / Procrustes.
+sinks, back-projection to the vocabulary (nearest tokens, logit lens), CKA / RSA / Procrustes,
+input-space gradients and optimisation trajectories.
 
 Each module is arrays in, arrays out; the ``*_store`` style entry points take a
 :class:`~actstore.query.Store` and save their result through :mod:`actstore.query.results`.
@@ -29,6 +30,12 @@ from actstore.query.similarity.pairwise import (
     pairwise_cosine_stats,
 )
 from actstore.query.similarity.rsa import rsa
+from actstore.query.similarity.trajectory import (
+    displacement_histogram,
+    distances_travelled,
+    heading_tokens,
+    pair_distances,
+)
 
 __all__ = [
     "PairwiseStats",
@@ -38,13 +45,17 @@ __all__ = [
     "compare_runs",
     "compare_sites",
     "cosine_matrix",
+    "displacement_histogram",
+    "distances_travelled",
     "gradient_directions",
     "gradient_histograms",
+    "heading_tokens",
     "linear_cka",
     "logit_lens",
     "mean_vector_stats",
     "nearest",
     "nearest_tokens",
+    "pair_distances",
     "pairwise_cosine_stats",
     "procrustes_cosine",
     "rsa",
