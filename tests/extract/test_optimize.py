@@ -178,8 +178,12 @@ def test_cosine_to_text_on_a_model_without_head(
         objective_target="the red sky of the cow", steps=10, every=5, lr=0.1,
         progress=seen.append,
     )  # fmt: skip
+    # the bar's ticks, as extract's, and inside the one batch after every Adam step
     assert seen[0].records == 0
-    assert seen[-1].records == seen[-1].total_records == 2  # the bar's ticks, as extract's
+    assert seen[-1].records == seen[-1].total_records == 2
+    records = [p.records for p in seen]
+    assert len(records) >= 10
+    assert records == sorted(records)
     tokens, sites, losses, rj = _stored(store)
     assert rj["head"]["lm_head"] is None
     first = losses[losses["step"] == 0].set_index("doc_id")["loss"]
@@ -187,6 +191,30 @@ def test_cosine_to_text_on_a_model_without_head(
     assert (last < 0.8 * first).all(), (first, last)
     E = read_run(store)["group"]["embed"][:]
     np.testing.assert_array_equal(sites["traj.0"], E[tokens["token_id"].to_numpy()])
+
+
+def test_kl_to_prompt_on_a_decoder_reads_the_last_token(
+    tiny_model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    texts = ["the dog barks at", "a cow moos in the field and", "red sky of"]
+    data = write_jsonl(tmp_path / "c.jsonl", [{"text": t} for t in texts])
+    store = tmp_path / "s.acts"
+    run_optimize(
+        tiny_model_dirs["gpt2"], data, store, objective="kl-to-prompt",
+        objective_target="the cat meows at", steps=8, every=8, lr=0.05,
+    )  # fmt: skip
+    tokens, sites, losses, rj = _stored(store)
+    assert rj["objective"]["position"] == "last"
+    assert sorted(sites) == ["traj.0", "traj.8"]
+    first = losses[losses["step"] == 0].set_index("doc_id")["loss"]
+    last = losses[losses["step"] == 8].set_index("doc_id")["loss"]
+    assert (last < 0.5 * first).all(), (first, last)
+    E = read_run(store)["group"]["embed"][:]
+    ids = tokens["token_id"].to_numpy()
+    np.testing.assert_array_equal(sites["traj.0"], E[ids])
+    special = tokens["special"].to_numpy()
+    np.testing.assert_array_equal(sites["traj.8"][special], E[ids][special])
+    assert (np.abs(sites["traj.8"][~special] - E[ids][~special]).max(1) > 0).all()
 
 
 def test_random_ellipsoid_draws_fit_the_vocabulary(tmp_path: Path) -> None:

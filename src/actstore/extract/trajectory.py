@@ -13,6 +13,7 @@ GradScaler), so a resumed job recomputes exactly what the killed one would have.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -127,6 +128,9 @@ class OptimizePass:
         self.precision = precision(config, lm.device)
         self.module = lm.model if objective.needs_logits else lm.base
         self.ellipsoid = fit_ellipsoid(embed) if config.init == "random-ellipsoid" else None
+        self.on_step: Callable[[float], None] | None = None
+        """Called with the fraction of the batch's steps done after each step (the
+        progress bar's ticks inside a batch; set by the pipeline)."""
         self._x: torch.Tensor | None = None
         self._calls = 0
         self._handle: Any = None
@@ -230,6 +234,8 @@ class OptimizePass:
                 with torch.no_grad():
                     losses.append(self._losses(x, ids, mask, batch).detach())
                 break
+            if self.on_step is not None and step:
+                self.on_step(step / self.steps)
             with torch.enable_grad():
                 loss = self._losses(x, ids, mask, batch)
                 losses.append(loss.detach())
