@@ -170,11 +170,12 @@ def test_trajectory_result_equals_numpy(opt_store: Path) -> None:
 
 
 def test_command_line_saves_and_refuses_other_runs(
-    opt_store: Path, minilm_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    opt_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import shutil
 
     from actstore.cli import main
+    from actstore.store.synthetic import write_synthetic_run
 
     store = tmp_path / "s.acts"
     shutil.copytree(opt_store, store)
@@ -193,7 +194,9 @@ def test_command_line_saves_and_refuses_other_runs(
             "WHERE t.run = 'opt'"
         ).df()
         assert len(view) == s.run_info("opt")["counts"]["rows"] * len(STEPS)
-    assert main(["similarity", "trajectory", str(minilm_store)]) != 0
+    plain = tmp_path / "plain.acts"
+    write_synthetic_run(plain, "plain", n_docs=2, tokens_per_doc=4)
+    assert main(["similarity", "trajectory", str(plain)]) != 0
     err = capsys.readouterr().err
     assert "is not an optimisation run" in err
     assert err.count("\n") == 1
