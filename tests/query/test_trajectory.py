@@ -200,3 +200,22 @@ def test_command_line_saves_and_refuses_other_runs(
     err = capsys.readouterr().err
     assert "is not an optimisation run" in err
     assert err.count("\n") == 1
+
+
+def test_blocks_of_rows_give_the_same_result(
+    opt_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import actstore.query.similarity.trajectory as traj
+
+    with Store(opt_store) as s:
+        whole = trajectory_result(s, "opt", pairs=500)
+        monkeypatch.setattr(traj, "_READ_BYTES", 1)  # 16 rows per block
+        blocks = trajectory_result(s, "opt", pairs=500)
+    assert whole.meta["n_rows"] > 32
+    a, b = whole.table, blocks.table
+    floats = [c for c in a.columns if a[c].dtype == np.float64]
+    assert a.drop(columns=floats).equals(b.drop(columns=floats))  # ids, tokens, steps
+    for c in floats:  # matrix products of other shapes round differently
+        np.testing.assert_allclose(a[c], b[c], rtol=1e-12, atol=1e-15)
+    for k, v in whole.arrays.items():
+        np.testing.assert_allclose(blocks.arrays[k], v, rtol=1e-12)

@@ -43,8 +43,8 @@ __all__ = [
 
 F64 = npt.NDArray[np.float64]
 _EPS = 1e-30
-_BLOCK = 1024
-_ROWS = 4096  # token rows read per block by trajectory_result
+_BLOCK = 256  # rows per (rows, vocab) block of heading_tokens
+_READ_BYTES = 1 << 28  # float64 trajectories held per block of rows by trajectory_result
 
 
 def distances_travelled(X: npt.ArrayLike) -> dict[str, F64]:
@@ -258,20 +258,23 @@ def trajectory_result(
     tok = store.token_columns(run, "doc_id", "pos", "token_id")
     parts: list[dict[str, Any]] = []
     limit = 0.0
-    for a in range(0, len(ids), _ROWS):  # bounded memory: one block of rows at a time
-        block = ids[a : a + _ROWS]
+    # bounded memory: blocks of rows whose every step fits in _READ_BYTES
+    per_block = max(16, _READ_BYTES // (8 * len(steps) * E.shape[1]))
+    for a in range(0, len(ids), per_block):
+        block = ids[a : a + per_block]
         X = _read(store, run, steps, block)
         part: dict[str, Any] = distances_travelled(X)
         near = [nearest_tokens(X[s], E, 1, metric=metric) for s in range(len(steps))]
         part["nearest_id"] = np.stack([n[0][:, 0] for n in near])
         part["nearest_score"] = np.stack([n[1][:, 0] for n in near]).astype(np.float64)
-        head = [heading_tokens(X[s], X[0], E) for s in range(len(steps))]
-        part["heading_id"] = np.stack([h[0] for h in head])
-        part["heading_cos"] = np.stack([h[1] for h in head])
+        # step 0 has no displacement: no heading
+        head = [heading_tokens(X[s], X[0], E) for s in range(1, len(steps))]
+        part["heading_id"] = np.stack([np.full(len(block), -1), *[h[0] for h in head]])
+        part["heading_cos"] = np.stack([np.zeros(len(block)), *[h[1] for h in head]])
         limit = max(limit, float(np.abs(X[-1] - X[0]).max(initial=0.0)))
         parts.append(part)
     cols = {k: np.concatenate([p[k] for p in parts], axis=1) for k in parts[0]}
-    hist = _histogram(store, run, steps, ids, bins, limit)
+    hist = _histogram(store, run, steps, ids, bins, limit, per_block)
     n, S = len(ids), len(steps)
     differs = cols["nearest_id"] != cols["nearest_id"][:1]
     first = np.where(differs.any(0), np.asarray(steps)[differs.argmax(0)], -1)
@@ -344,13 +347,14 @@ def _histogram(
     ids: npt.NDArray[np.int64],
     bins: int,
     limit: float,
+    per_block: int,
 ) -> dict[str, Any]:
     """:func:`displacement_histogram` of ``x_T - x_0`` over every row, block by block."""
     counts: Any = 0
     square: Any = 0.0
     out: dict[str, Any] = {}
-    for a in range(0, len(ids), _ROWS):
-        block = ids[a : a + _ROWS]
+    for a in range(0, len(ids), per_block):
+        block = ids[a : a + per_block]
         X = _read(store, run, [steps[0], steps[-1]], block)
         out = displacement_histogram(X[1] - X[0], bins, limit)
         counts = counts + out["counts"]
