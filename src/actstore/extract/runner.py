@@ -78,6 +78,12 @@ def _identity(
         weights_hash=lm.info.get("weights_hash"),
         corpus=corpus.fingerprint(),
     )
+    from actstore.extract.optimize import OptimizeConfig
+
+    if isinstance(config, OptimizeConfig):  # float32 weights, the passes autocast
+        from actstore.extract.trajectory import precision
+
+        ident["compute_dtype"] = precision(config, lm.device)  # refuses half off CUDA
     return ident
 
 
@@ -214,10 +220,9 @@ def _extract(
         max_memory=config.max_memory,
     )
     if isinstance(config, OptimizeConfig):
-        from actstore.extract.trajectory import precision, trajectory_sites
+        from actstore.extract.trajectory import trajectory_sites
 
         sites = trajectory_sites(config)
-        precision(config, lm.device)  # refuses half precision off CUDA before the store
     else:
         sites = parse_sites(config.sites, lm)
     pooler = _pooler(config, lm)  # validates max_length against the tokenizer
