@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from actstore.errors import ConfigError
-from actstore.extract.config import OBJECTIVES, ExtractConfig
+from actstore.extract.config import OBJECTIVES, ExtractConfig, Objective
 from actstore.extract.progress import ExtractProgress
 from actstore.extract.runner import ExtractResult, extract
 from actstore.store.format import StorageDType
@@ -47,6 +47,10 @@ class OptimizeConfig(ExtractConfig):
     """Everything an optimisation job needs: the extraction options that apply, the
     objective (required) and the optimiser's; the resolved form is saved in ``run.json``."""
 
+    objective: Objective | None = None
+    """The loss per doc that the input embeddings are moved to minimise (required):
+    kl-to-prompt, target-tokens or cosine-to-text (docs/format.md, gradient runs); its
+    value per doc and step goes to the losses table."""
     steps: int = 100
     """Adam steps per prompt."""
     lr: float = 0.01
