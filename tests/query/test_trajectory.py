@@ -73,6 +73,10 @@ def test_displacement_histogram_and_pair_distances_equal_numpy() -> None:
     counts, edges = np.histogram(D, bins=20, range=(-lim, lim))
     np.testing.assert_array_equal(h["counts"], counts)
     np.testing.assert_allclose(h["edges"], edges)
+    for j in range(5):
+        col, _ = np.histogram(D[:, j], bins=20, range=(-lim, lim))
+        np.testing.assert_array_equal(h["per_dim"][j], col)
+    assert h["per_dim"][2].tolist() == [0] * 10 + [len(D)] + [0] * 9  # all in the bin of 0
     np.testing.assert_allclose(h["rms"], np.sqrt((D**2).mean(0)))
     assert h["rms"][2] == 0  # a dimension that never moves
     E = rng.standard_normal((80, 4))
@@ -119,6 +123,7 @@ def opt_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_trajectory_result_equals_numpy(opt_store: Path) -> None:
     with Store(opt_store) as s:
         res = trajectory_result(s, "opt", pairs=3000, seed=4, bins=16)
+        by_cos = trajectory_result(s, "opt", pairs=10, metric="cosine").table
         ids = np.sort(s.rows("opt", "SELECT row FROM tokens WHERE NOT special"))
         X = np.stack([s.vectors("opt", f"traj.{k}", ids) for k in STEPS]).astype(np.float64)
         E = s.matrix("opt", "embed").astype(np.float64)
@@ -154,6 +159,14 @@ def test_trajectory_result_equals_numpy(opt_store: Path) -> None:
         assert got["heading_id"].iloc[0] == -1
         want_loss = losses[losses["doc_id"] == tok["doc_id"][row]].set_index("step")["loss"]
         np.testing.assert_allclose(got["loss"], want_loss.loc[STEPS].to_numpy())
+    # --metric cosine: the nearest row by cosine, scored by it
+    by_cos = by_cos.sort_values(["row", "step"])
+    Xs = X.transpose(1, 0, 2).reshape(-1, X.shape[2])  # (row, step) order
+    cos = (Xs / np.linalg.norm(Xs, axis=1, keepdims=True)) @ (
+        E / np.linalg.norm(E, axis=1, keepdims=True)
+    ).T
+    assert by_cos["nearest_id"].tolist() == cos.argmax(1).tolist()
+    np.testing.assert_allclose(by_cos["nearest_score"], cos.max(1), rtol=1e-5)
     pairs = pair_distances(E, 3000, seed=4)
     np.testing.assert_allclose(
         t["distance_pct"], [(pairs < d).mean() for d in t["distance"]], atol=1e-12
@@ -162,6 +175,9 @@ def test_trajectory_result_equals_numpy(opt_store: Path) -> None:
     lim = np.abs(D).max()
     counts, _ = np.histogram(D, bins=16, range=(-lim, lim))
     np.testing.assert_array_equal(res.arrays["hist_displacement"], counts)
+    for j in range(D.shape[1]):
+        col, _ = np.histogram(D[:, j], bins=16, range=(-lim, lim))
+        np.testing.assert_array_equal(res.arrays["hist_displacement_per_dim"][j], col)
     np.testing.assert_allclose(res.arrays["rms_displacement"], np.sqrt((D**2).mean(0)))
     assert res.meta["frac_changed"] == pytest.approx(t.groupby("row")["changed"].first().mean())
     assert 0 < res.meta["frac_changed"] < 1  # planted by the large lr: both kinds present

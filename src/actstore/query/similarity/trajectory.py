@@ -77,7 +77,8 @@ def distances_travelled(X: npt.ArrayLike) -> dict[str, F64]:
 def displacement_histogram(
     D: npt.ArrayLike, bins: int = 50, limit: float | None = None
 ) -> dict[str, F64 | npt.NDArray[np.int64]]:
-    """Histogram of every coordinate of the displacements ``D`` and each dimension's RMS.
+    """Histograms of the displacements ``D``' coordinates, per dimension and pooled, and
+    each dimension's RMS.
 
     Parameters
     ----------
@@ -90,22 +91,28 @@ def displacement_histogram(
     Returns
     -------
     dict
-        ``counts`` (bins,), ``edges`` (bins + 1,), ``rms`` (d,).
+        ``per_dim`` (d, bins): counts of each dimension's values; ``counts`` (bins,):
+        their sum over dimensions; ``edges`` (bins + 1,), shared (``numpy.histogram``'s
+        bins: half-open, the last one closed); ``rms`` (d,).
 
     Examples
     --------
     >>> h = displacement_histogram([[1.0, 0.0], [-1.0, 0.0]], bins=2)
-    >>> h["counts"].tolist(), h["edges"].tolist(), h["rms"].tolist()
-    ([1, 3], [-1.0, 0.0, 1.0], [1.0, 0.0])
+    >>> h["counts"].tolist(), h["per_dim"].tolist(), h["edges"].tolist(), h["rms"].tolist()
+    ([1, 3], [[1, 1], [0, 2]], [-1.0, 0.0, 1.0], [1.0, 0.0])
     """
     A = np.atleast_2d(np.asarray(D, np.float64))
     if bins < 1:
         raise ConfigError(f"bins must be >= 1, got {bins}")
     lim = float(np.abs(A).max(initial=0.0)) if limit is None else float(limit)
     lim = lim or 1.0
-    counts, edges = np.histogram(np.clip(A, -lim, lim), bins=bins, range=(-lim, lim))
+    edges = np.histogram_bin_edges([], bins=bins, range=(-lim, lim))
+    idx = np.clip(np.searchsorted(edges, np.clip(A, -lim, lim), side="right") - 1, 0, bins - 1)
+    dims = np.broadcast_to(np.arange(A.shape[1]), A.shape)
+    per_dim = np.bincount((dims * bins + idx).ravel(), minlength=A.shape[1] * bins)
+    per_dim = per_dim.reshape(A.shape[1], bins).astype(np.int64)
     rms = np.sqrt((A * A).mean(0)) if len(A) else np.zeros(A.shape[1])
-    return {"counts": counts.astype(np.int64), "edges": edges, "rms": rms}
+    return {"counts": per_dim.sum(0), "per_dim": per_dim, "edges": edges, "rms": rms}
 
 
 def pair_distances(E: npt.ArrayLike, n_pairs: int = 10000, seed: int = 0) -> F64:
@@ -238,7 +245,8 @@ def trajectory_result(
         ``distance``, ``path``, ``distance_pct``, ``nearest_id``, ``nearest_token``,
         ``nearest_score``, ``changed``, ``first_change``, ``heading_id``,
         ``heading_token``, ``heading_cos``, ``loss``; arrays ``hist_displacement``,
-        ``edges_displacement``, ``rms_displacement`` and ``pair_distances``.
+        ``hist_displacement_per_dim``, ``edges_displacement``, ``rms_displacement`` and
+        ``pair_distances``.
 
     Raises
     ------
@@ -324,6 +332,7 @@ def trajectory_result(
     }
     arrays = {
         "hist_displacement": hist["counts"],
+        "hist_displacement_per_dim": hist["per_dim"],
         "edges_displacement": hist["edges"],
         "rms_displacement": hist["rms"],
         "pair_distances": pair_d,
@@ -350,16 +359,21 @@ def _histogram(
     per_block: int,
 ) -> dict[str, Any]:
     """:func:`displacement_histogram` of ``x_T - x_0`` over every row, block by block."""
-    counts: Any = 0
+    per_dim: Any = 0
     square: Any = 0.0
     out: dict[str, Any] = {}
     for a in range(0, len(ids), per_block):
         block = ids[a : a + per_block]
         X = _read(store, run, [steps[0], steps[-1]], block)
         out = displacement_histogram(X[1] - X[0], bins, limit)
-        counts = counts + out["counts"]
+        per_dim = per_dim + out["per_dim"]
         square = square + out["rms"] ** 2 * len(block)
-    return {"counts": counts, "edges": out["edges"], "rms": np.sqrt(square / len(ids))}
+    return {
+        "counts": per_dim.sum(0),
+        "per_dim": per_dim,
+        "edges": out["edges"],
+        "rms": np.sqrt(square / len(ids)),
+    }
 
 
 def _with_tokens(store: Store, run: str, table: Any) -> Any:
