@@ -235,3 +235,41 @@ def test_blocks_of_rows_give_the_same_result(
         np.testing.assert_allclose(a[c], b[c], rtol=1e-12, atol=1e-15)
     for k, v in whole.arrays.items():
         np.testing.assert_allclose(blocks.arrays[k], v, rtol=1e-12)
+
+
+def test_planted_trajectories_through_the_store(opt_store: Path, tmp_path: Path) -> None:
+    """Every non-special token moved in a straight line from its own row of ``embed`` to a
+    chosen row: the store-level analysis finds that row as the heading at every step and
+    as the back-projection at the end, and the distance it went."""
+    import shutil
+
+    import zarr
+
+    store = tmp_path / "planted.acts"
+    shutil.copytree(opt_store, store)
+    with Store(store) as s:
+        E = s.matrix("opt", "embed").astype(np.float64)
+        tok = s.token_columns("opt", "token_id", "special")
+    n = len(tok["token_id"])
+    rng = np.random.default_rng(7)
+    goal = rng.integers(5, len(E), n)  # never a special token's row
+    goal = np.where(goal == tok["token_id"], (goal + 1 - 5) % (len(E) - 5) + 5, goal)
+    start = E[tok["token_id"]]
+    moving = ~tok["special"]
+    group = zarr.open_group(store / "runs/opt/arrays", mode="r+")
+    for k in STEPS:
+        x = start + (k / STEPS[-1]) * (E[goal] - start) * moving[:, None]
+        group[f"part-0000/traj.{k}"][:] = x.astype(np.float32)
+    with Store(store) as s:
+        t = trajectory_result(s, "opt", pairs=500).table
+    t = t.sort_values(["row", "step"])
+    want_goal = goal[t["row"].to_numpy()]
+    moved = t["step"] > 0
+    assert (t.loc[moved, "heading_id"] == want_goal[moved]).all()
+    np.testing.assert_allclose(t.loc[moved, "heading_cos"], 1.0, atol=1e-6)
+    last = t["step"] == STEPS[-1]
+    assert (t.loc[last, "nearest_id"] == want_goal[last]).all()
+    assert t.loc[last, "changed"].all()
+    gap = np.linalg.norm(E[goal] - start, axis=1)[t.loc[last, "row"].to_numpy()]
+    np.testing.assert_allclose(t.loc[last, "distance"], gap, rtol=1e-5)
+    np.testing.assert_allclose(t.loc[last, "path"], gap, rtol=1e-5)  # a straight line
