@@ -6,7 +6,8 @@ checkpoint), runs every pool through the thread pipeline of
 :mod:`actstore.extract._pipeline` and commits the run when its last part is complete. A
 killed job restarted with the same arguments continues from its last checkpoint and ends
 with the same store. Every file is written by :mod:`actstore.store`. Over 400 lines
-because it is the one place that orders a job's steps (gradient runs included).
+because it is the one place that orders a job's steps (gradient and optimisation
+runs included).
 """
 
 from __future__ import annotations
@@ -151,7 +152,10 @@ def extract(
     ----------
     config : ExtractConfig
         With ``engine="ray"``, every part of the run runs as a Ray task instead
-        (:func:`actstore.extract.engine_ray.extract_ray`).
+        (:func:`actstore.extract.engine_ray.extract_ray`). An
+        :class:`~actstore.extract.optimize.OptimizeConfig` runs an optimisation
+        (:func:`~actstore.extract.optimize.optimize`): the same job, with an Adam loop per
+        batch (:mod:`actstore.extract.trajectory`) instead of one forward pass.
     progress : callable or None
         Called with an :class:`~actstore.extract.progress.ExtractProgress` before the
         first batch and after every batch. None: a tqdm bar on stderr (none with
@@ -272,7 +276,8 @@ def _extract(
         plain = capture = SiteCapture(lm, sites)
         probed = plain.probe()
     dims = {s.name: probed[s.name] for s in sites}
-    part = _start_part(config, lm, sites, dims, mats, identity, resume, objective, grad)
+    optimizer = grad if isinstance(config, OptimizeConfig) else None
+    part = _start_part(config, lm, sites, dims, mats, identity, resume, objective, optimizer)
     loop = DeviceLoop(
         lm, capture, [s.name for s in sites], config, len(mats["embed"]), dims, grad=grad
     )
@@ -348,7 +353,7 @@ def _start_part(
     identity: dict[str, Any],
     resume: Progress | None,
     objective: Any = None,
-    grad: Any = None,
+    optimizer: Any = None,
 ) -> PartWriter:
     """Open this job's part (afresh, or at its checkpoint) and write what it starts with."""
     from actstore.extract.head import head_info
@@ -386,8 +391,8 @@ def _start_part(
     }
     if objective is not None:
         meta["objective"] = objective.to_json(lm)
-    if hasattr(grad, "stored"):  # an OptimizePass
-        meta["optimize"] = grad.to_json()
+    if optimizer is not None:
+        meta["optimize"] = optimizer.to_json()
     part.write_meta(meta)
     if not part.has_vocab_strings:
         part.write_vocab_strings(_vocab_strings(lm, vocab_size))
@@ -405,8 +410,10 @@ def _total_records(config: ExtractConfig, corpus: Corpus) -> int | None:
 
 def _bar_label(config: ExtractConfig) -> str:
     """The progress bar's label: the run, and the shard of a sharded run."""
+    from actstore.extract.optimize import OptimizeConfig
+
     shard = f" [{config.shard}/{config.num_shards}]" if config.num_shards > 1 else ""
-    verb = "optimize" if hasattr(config, "stored_steps") else "extract"
+    verb = "optimize" if isinstance(config, OptimizeConfig) else "extract"
     return f"{verb} {config.run}{shard}"
 
 
