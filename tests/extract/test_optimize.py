@@ -302,6 +302,15 @@ def test_bad_input_is_one_line_and_loses_nothing(
     np.testing.assert_array_equal(read_run(store, "keep")["sites"]["traj.2"], before)
     with Store(store) as s:
         assert s.runs == ["keep"]
+    # and a good one, with --json
+    argv = ["optimize", "--model", str(bert_mlm), "--data", str(good), "--store", str(store)]
+    argv += ["--objective", "target-tokens", "--objective-target", "dog", "--steps", "3"]
+    argv += ["--every", "2", "--run", "cli", "--device", "cpu", "--quiet", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "committed"
+    assert out["steps"] == [0, 2, 3]
+    assert out["rows"] == read_run(store, "cli")["tokens"].shape[0]
 
 
 # ------------------------------------------------------------------------- kill -9
