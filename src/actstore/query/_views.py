@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from actstore.errors import StoreCorruptError
+from actstore.store._objects import ObjectPath
+from actstore.store._parquet import read_schema
 from actstore.store.docs import LEGACY_RECORD_COLUMN, split_legacy
 from actstore.store.format import TOKENS_COLUMNS
 from actstore.store.reader import StoreReader, parquet_problem
 
 if TYPE_CHECKING:
     import duckdb
-    import pyarrow as pa
 
 __all__ = ["BUILTIN_VIEWS", "Views", "create_views"]
 
@@ -86,18 +88,45 @@ def _files(paths: Sequence[Path]) -> str:
     return "[" + ", ".join(_file(p) for p in paths) + "]"
 
 
+class _Scans:
+    """``FROM`` expressions over Parquet files: DuckDB's ``read_parquet`` for local files;
+    for a store on object storage (no DuckDB extension needed), pyarrow datasets on its
+    filesystem registered on the connection, scanned with projection and filter pushdown.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+        self.datasets: dict[str, Any] = {}
+
+    def __call__(self, files: Sequence[Path], by_name: bool = False) -> str:
+        """A relation over ``files`` (columns matched by name across files if ``by_name``)."""
+        if not isinstance(files[0], ObjectPath):
+            opt = ", union_by_name = true" if by_name else ""
+            return f"read_parquet({_files(files)}{opt})"
+        if by_name and len(files) > 1:  # each file its own dataset, unioned by name
+            parts = [f"SELECT * FROM {self([f])}" for f in files]
+            return "(" + " UNION ALL BY NAME ".join(parts) + ")"
+        import pyarrow.dataset as ds
+
+        name = f"_actstore_ds_{len(self.datasets)}"
+        keys = [f.key for f in files if isinstance(f, ObjectPath)]
+        self.datasets[name] = ds.dataset(keys, filesystem=files[0].fs, format="parquet")
+        self.con.register(name, self.datasets[name])
+        return name
+
+
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _docs_view(doc_files: list[list[Path]]) -> str:
+def _docs_view(doc_files: list[list[Path]], scan: _Scans) -> str:
     """``docs`` over each run's files: one row per input record, even if several runs read it."""
     new, old = split_legacy(f for run_files in doc_files for f in run_files)
-    reads = [f"SELECT * FROM read_parquet({_files(new)}, union_by_name = true)"] if new else []
+    reads = [f"SELECT * FROM {scan(new, by_name=True)}"] if new else []
     if old:
         reads.append(
             f"SELECT * RENAME ({LEGACY_RECORD_COLUMN} AS record), text = '' AS empty, "
-            f"NULL::BIGINT AS repeat_of FROM read_parquet({_files(old)}, union_by_name = true)"
+            f"NULL::BIGINT AS repeat_of FROM {scan(old, by_name=True)}"
         )
     if not reads:
         return _EMPTY_DOCS
@@ -122,8 +151,8 @@ class Views:
 
     names: list[str]
     """The view names, built-in first."""
-    tables: dict[str, pa.Table]
-    """In-memory tables the connection refers to (keep them alive)."""
+    tables: dict[str, Any]
+    """In-memory tables and datasets the connection refers to (keep them alive)."""
     allowed: list[str]
     """The paths (and their glob-escaped forms) DuckDB may read."""
     damaged: list[str] = field(default_factory=list)
@@ -141,6 +170,13 @@ def _damage(con: duckdb.DuckDBPyConnection, files: Sequence[Path], fix: str) -> 
         problem = parquet_problem(f)
         if problem is not None:
             return f"{f}: {problem}; {fix}"
+        if isinstance(f, ObjectPath):
+            try:
+                read_schema(f, fix=fix)  # the footer decodes
+            except StoreCorruptError as e:
+                return str(e)
+    if isinstance(files[0], ObjectPath):
+        return None
     try:
         con.execute(f"DESCRIBE SELECT * FROM read_parquet({_files(files)}, union_by_name = true)")
     except duckdb.Error as e:
@@ -163,6 +199,7 @@ def create_views(con: duckdb.DuckDBPyConnection, reader: StoreReader) -> Views:
     error, see the module docstring)."""
     import pyarrow as pa
 
+    scan = _Scans(con)
     allowed: list[Path] = []
     damaged: list[str] = []
     absent: dict[str, str] = {}
@@ -182,9 +219,7 @@ def create_views(con: duckdb.DuckDBPyConnection, reader: StoreReader) -> Views:
                 token_parts.append(_damaged_part(name, _TOKENS_TYPES, bad))
             else:
                 allowed += run.token_files
-                token_parts.append(
-                    f"SELECT {_lit(name)} AS run, * FROM read_parquet({_files(run.token_files)})"
-                )
+                token_parts.append(f"SELECT {_lit(name)} AS run, * FROM {scan(run.token_files)}")
         if run.vocab_file is not None:
             bad = _damage(con, [run.vocab_file], fix)
             if bad is not None:
@@ -192,9 +227,7 @@ def create_views(con: duckdb.DuckDBPyConnection, reader: StoreReader) -> Views:
                 vocab_parts.append(_damaged_part(name, _VOCAB_TYPES, bad))
             else:
                 allowed.append(run.vocab_file)
-                vocab_parts.append(
-                    f"SELECT {_lit(name)} AS run, * FROM read_parquet({_file(run.vocab_file)})"
-                )
+                vocab_parts.append(f"SELECT {_lit(name)} AS run, * FROM {scan([run.vocab_file])}")
         doc_files.append(run.doc_files())
         if (losses := run.losses_file()) is not None:
             bad = _damage(con, [losses], fix)
@@ -203,9 +236,7 @@ def create_views(con: duckdb.DuckDBPyConnection, reader: StoreReader) -> Views:
                 loss_parts.append(_damaged_part(name, _LOSSES_TYPES, bad))
             else:
                 allowed.append(losses)
-                loss_parts.append(
-                    f"SELECT {_lit(name)} AS run, * FROM read_parquet({_file(losses)})"
-                )
+                loss_parts.append(f"SELECT {_lit(name)} AS run, * FROM {scan([losses])}")
         meta = run.meta
         entry = reader.manifest["runs"][name]
         runs_rows.append(
@@ -245,7 +276,7 @@ def create_views(con: duckdb.DuckDBPyConnection, reader: StoreReader) -> Views:
         + (" UNION ALL BY NAME ".join(vocab_parts) if vocab_parts else _EMPTY_VOCAB)
     )
     if bad_docs is None:
-        con.execute("CREATE VIEW docs AS " + _docs_view(doc_files))
+        con.execute("CREATE VIEW docs AS " + _docs_view(doc_files, scan))
     else:
         absent["docs"] = bad_docs
     con.execute(
@@ -293,7 +324,9 @@ def create_views(con: duckdb.DuckDBPyConnection, reader: StoreReader) -> Views:
             absent[view.lower()] = bad
             continue
         allowed.append(path)
-        con.execute(f"CREATE VIEW {_ident(view)} AS SELECT * FROM read_parquet({_file(path)})")
-    # DuckDB checks the pattern it is given as well as the files it matches
-    paths = sorted({str(p) for p in allowed} | {_glob_escaped(p) for p in allowed})
-    return Views(views, tables, paths, damaged, absent)
+        con.execute(f"CREATE VIEW {_ident(view)} AS SELECT * FROM {scan([path])}")
+    # DuckDB checks the pattern it is given as well as the files it matches (an object
+    # store's files are read by pyarrow, never by DuckDB: nothing to allow)
+    local = [p for p in allowed if not isinstance(p, ObjectPath)]
+    paths = sorted({str(p) for p in local} | {_glob_escaped(p) for p in local})
+    return Views(views, {**tables, **scan.datasets}, paths, damaged, absent)

@@ -8,9 +8,10 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from actstore.errors import StoreCorruptError
+from actstore.store._objects import ObjectPath
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -38,10 +39,11 @@ def parquet_problem(path: Path) -> str | None:
     ``PAR1``, preceded at the end by the length of its footer. A truncated file fails this.
     """
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        with path.open("rb") as f:  # an object store's file (ObjectPath) too
+            size = f.seek(0, os.SEEK_END)
             if size < 12:
                 return f"{size} bytes, too small to be a Parquet file"
+            f.seek(0)
             head = f.read(4)
             f.seek(size - 8)
             tail = f.read(8)
@@ -53,6 +55,13 @@ def parquet_problem(path: Path) -> str | None:
     if footer + 12 > size:
         return f"its footer of {footer:,} bytes does not fit in {size:,} bytes"
     return None
+
+
+def _source(path: Path) -> tuple[str | Path, Any]:
+    """``(path, filesystem)`` for pyarrow: the object store's for an object path."""
+    if isinstance(path, ObjectPath):
+        return path.key, path.fs
+    return path, None
 
 
 @contextlib.contextmanager
@@ -95,7 +104,9 @@ def read_table(
         problem = parquet_problem(path)
         if problem is not None:
             raise StoreCorruptError(f"{path}: {problem}; {fix}")
-        return pq.read_table(path, columns=list(columns) if columns is not None else None)
+        src, fs = _source(path)
+        cols = list(columns) if columns is not None else None
+        return pq.read_table(src, columns=cols, filesystem=fs)
 
 
 def read_schema(path: Path, *, fix: str = REPAIR_FILE) -> pa.Schema:
@@ -112,7 +123,8 @@ def read_schema(path: Path, *, fix: str = REPAIR_FILE) -> pa.Schema:
         problem = parquet_problem(path)
         if problem is not None:
             raise StoreCorruptError(f"{path}: {problem}; {fix}")
-        return pq.read_schema(path)
+        src, fs = _source(path)
+        return pq.read_schema(src, filesystem=fs)
 
 
 def read_batches(
@@ -132,5 +144,6 @@ def read_batches(
         problem = parquet_problem(path)
         if problem is not None:
             raise StoreCorruptError(f"{path}: {problem}; {fix}")
-        with pq.ParquetFile(path) as f:
+        src, fs = _source(path)
+        with pq.ParquetFile(src, filesystem=fs) as f:
             yield from f.iter_batches(columns=list(columns), batch_size=batch_size)

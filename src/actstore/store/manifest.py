@@ -23,6 +23,7 @@ from actstore.errors import (
     StoreNotFoundError,
 )
 from actstore.store._faults import crash_point
+from actstore.store._objects import store_path
 from actstore.store.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -151,7 +152,7 @@ def read_manifest(store: Path) -> ManifestJSON:
     FormatVersionError
         The store was written by a newer format version.
     """
-    store = Path(store)
+    store = store_path(store)
     if store.is_file():
         raise StoreError(f"store path {store} is a file, expected a directory; pick another path")
     path = store / MANIFEST_NAME

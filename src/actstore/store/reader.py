@@ -27,6 +27,7 @@ from actstore.errors import (
     StoreError,
 )
 from actstore.store._gather import MapCache, PartArray, SiteArray
+from actstore.store._objects import store_path
 from actstore.store._parquet import parquet_problem, read_batches, read_table
 from actstore.store.dtypes import logical_numpy_dtype, to_logical
 from actstore.store.format import (
@@ -386,7 +387,7 @@ class StoreReader:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path = store_path(path)
         self.manifest: ManifestJSON = read_manifest(self.path)
         self.maps = MapCache(max_open=512)
         self._runs: dict[str, RunReader] = {}

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from actstore.errors import ConfigError, ResultNotFoundError, StoreCorruptError
+from actstore.store._objects import store_path
 from actstore.store._parquet import corrupt_file, read_table
 from actstore.store.format import ARRAYS_DIR, RESULT_META, RESULT_TABLE, RESULTS_DIR
 from actstore.store.locks import pid_alive
@@ -300,7 +301,7 @@ def result_tables(store: str | Path) -> dict[str, Path]:
     name is not a valid result name, or that repeats an earlier name up to case (SQL
     names ignore case; actstore refuses to save such a pair).
     """
-    root = Path(store) / RESULTS_DIR
+    root = store_path(store) / RESULTS_DIR
     if not root.is_dir():
         return {}
     out: dict[str, Path] = {}
