@@ -34,6 +34,8 @@ import numpy as np
 import numpy.typing as npt
 
 from actstore.errors import StoreCorruptError, StoreError
+from actstore.store._objects import ObjectPath
+from actstore.store._ranged import RangedShard, ranged_read, ranged_take
 from actstore.store._shard import (
     CRC_BYTES,
     EMPTY,
@@ -379,6 +381,9 @@ class PartArray:
         self._lock = threading.Lock()
         self._present: set[str] = set()  # storage keys seen on disk (zarr-python reads)
         self._paths: dict[int, str] = {}
+        # a store on object storage: shards are read by ranged requests, not mapped
+        self._remote = isinstance(path, ObjectPath)
+        self._ranged: dict[int, RangedShard] = {}
         if self.layout is not None:
             lay = self.layout
             self._per_shard = lay.shard_rows // lay.chunk_rows
@@ -403,6 +408,21 @@ class PartArray:
     def _shard(self, shard: int) -> _Shard:
         path = self._shard_path(shard)
         return self._maps.get(path, lambda: self._open_shard(shard, path))
+
+    def _ranged_shard(self, shard: int) -> RangedShard:
+        """The shard object ``shard`` of a store on object storage (its index read once)."""
+        with self._lock:
+            found = self._ranged.get(shard)
+        if found is None:
+            lay = self.layout
+            assert lay is not None
+            assert isinstance(self.path, ObjectPath)
+            n = min(self._per_shard, self._n_chunks - shard * self._per_shard)
+            key = f"c{lay.separator}{shard}{lay.separator}0"
+            found = RangedShard(self.path / key, lay, self._per_shard, n, shard * lay.shard_rows)
+            with self._lock:
+                self._ranged[shard] = found
+        return found
 
     def _open_shard(self, shard: int, path: str) -> _Shard:
         """Map shard file ``shard``: read and check its index, bound its chunks."""
@@ -509,6 +529,16 @@ class PartArray:
         jobs = list(zip(shard_of[starts].tolist(), starts, stops, strict=True))
 
         k, r = np.divmod(rows - shard_of * lay.shard_rows, lay.chunk_rows)
+        if self._remote:
+            to = np.arange(len(rows), dtype=np.int64) if dest is None else dest
+            ranged_take(
+                [
+                    (self._ranged_shard(s), k[a:b], r[a:b], to[a:b])
+                    for s, a, b in jobs  # every shard's requests in flight together
+                ],
+                out,
+            )
+            return
 
         def run(group: Sequence[tuple[int, int, int]]) -> None:
             for shard, a, b in group:
@@ -550,7 +580,10 @@ class PartArray:
             a = max(start, shard * lay.shard_rows)
             b = min(stop, (shard + 1) * lay.shard_rows)
             lo = shard * lay.shard_rows
-            self._shard(shard).read(a - lo, b - lo, out[a - start : b - start])
+            if self._remote:
+                ranged_read(self._ranged_shard(shard), a - lo, b - lo, out[a - start : b - start])
+            else:
+                self._shard(shard).read(a - lo, b - lo, out[a - start : b - start])
 
 
 _POOL: list[ThreadPoolExecutor] = []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PosixPath
 from typing import TYPE_CHECKING, Any
@@ -179,17 +179,17 @@ class ObjectPath(PosixPath):
         except OSError as e:
             raise _access_error(self, e) from e
 
-    def is_file(self) -> bool:  # type: ignore[override]
+    def is_file(self) -> bool:
         import pyarrow.fs as pafs
 
         return bool(self._info().type == pafs.FileType.File)
 
-    def is_dir(self) -> bool:  # type: ignore[override]
+    def is_dir(self) -> bool:
         import pyarrow.fs as pafs
 
         return bool(self._info().type == pafs.FileType.Directory)
 
-    def exists(self) -> bool:  # type: ignore[override]
+    def exists(self) -> bool:
         import pyarrow.fs as pafs
 
         return bool(self._info().type != pafs.FileType.NotFound)
@@ -209,7 +209,7 @@ class ObjectPath(PosixPath):
             raise FileNotFoundError(f"{self} does not exist")
         return int(info.size)
 
-    def iterdir(self) -> Iterator[ObjectPath]:
+    def iterdir(self) -> Generator[ObjectPath, None, None]:
         """The objects and "folders" directly under this prefix."""
         import pyarrow.fs as pafs
 
@@ -248,7 +248,7 @@ class ObjectPath(PosixPath):
     def read_text(self, encoding: str | None = None, errors: str | None = None) -> str:
         return self.read_bytes().decode(encoding or "utf-8", errors or "strict")
 
-    def open(self, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def open(self, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:
         """A random-access file of the object (``mode`` ``"rb"`` only): every read is a
         ranged GET."""
         if mode != "rb":
@@ -266,6 +266,27 @@ class ObjectPath(PosixPath):
         raise StoreError(read_only_message(self))
 
     mkdir = write_bytes = write_text = unlink = rename = replace = touch = _refuse
+
+
+def fetch_tree(root: ObjectPath, path: str) -> dict[str, Any]:
+    """Every object under ``root / path``, fetched concurrently, as zarr buffers keyed by
+    their path relative to ``root`` (a zarr ``MemoryStore``'s contents)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.fs as pafs
+    from zarr.core.buffer import default_buffer_prototype
+
+    folder = root / path
+    REQUESTS.add(heads=1)
+    infos = folder.fs.get_file_info(pafs.FileSelector(folder.key, recursive=True))
+    files = [i for i in infos if i.type == pafs.FileType.File]
+    if not files:
+        raise FileNotFoundError(f"no objects under {folder}")
+    base = len(root.key) + 1
+    with ThreadPoolExecutor(8) as pool:
+        data = list(pool.map(lambda i: (root / i.path[base:]).read_bytes(), files))
+    proto = default_buffer_prototype()
+    return {i.path[base:]: proto.buffer.from_bytes(d) for i, d in zip(files, data, strict=True)}
 
 
 def read_only_message(path: Path) -> str:

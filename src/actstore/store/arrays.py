@@ -28,6 +28,7 @@ from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 from zarr.storage import LocalStore
 
 from actstore.errors import ConfigError, StoreCorruptError, StoreError
+from actstore.store._objects import ObjectPath, fetch_tree, read_only_message
 from actstore.store._shard import CRC_BYTES, REPAIR, chunk_crc, dense_index, encode_index
 from actstore.store.dtypes import LOGICAL_DTYPE_ATTR, physical_numpy_dtype
 from actstore.store.format import StorageDType
@@ -120,9 +121,15 @@ def open_array(root: Path, path: str, *, mode: Literal["r", "r+"] = "r") -> Any:
         Its ``zarr.json`` is not valid array metadata.
     """
     try:
-        return zarr.open_array(
-            store=LocalStore(root, read_only=mode == "r"), path=path, mode=mode, config=_ZARR_CONFIG
-        )
+        if isinstance(root, ObjectPath):
+            if mode != "r":
+                raise StoreError(read_only_message(root))
+            # a matrix or centroid sum is read whole anyway: its objects are fetched into
+            # memory (concurrently), then zarr-python decodes and checks them as locally
+            store: Any = zarr.storage.MemoryStore(fetch_tree(root, path), read_only=True)
+        else:
+            store = LocalStore(root, read_only=mode == "r")
+        return zarr.open_array(store=store, path=path, mode=mode, config=_ZARR_CONFIG)
     except FileNotFoundError as e:
         raise StoreError(f"no Zarr array {path!r} under {root}; the store is incomplete") from e
     except (ValueError, KeyError, TypeError) as e:  # JSON or metadata that does not parse
