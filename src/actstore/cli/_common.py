@@ -178,7 +178,7 @@ def add_store_args(
     """The store positional, ``--run``, ``--json`` and optionally ``--save`` (with
     ``--overwrite``), ``--overwrite`` alone (for commands that name their result),
     ``--plot`` and ``--seed``."""
-    p.add_argument("store", help="store directory")
+    p.add_argument("store", help="store directory, or s3://bucket/prefix (read-only)")
     p.add_argument("--run", help="run name (default: the store's only run)")
     p.add_argument("--json", action="store_true", help="print JSON")
     if save:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from actstore.errors import ConfigError
+from actstore.store._objects import refuse_write
 from actstore.store.arrays import Codec, Layout
 from actstore.store.dtypes import check_storage_dtype
 from actstore.store.format import RUN_NAME, StorageDType
@@ -168,6 +169,7 @@ class ExtractConfig:
     resumes from its last checkpoint)."""
 
     def __post_init__(self) -> None:
+        refuse_write(self.store)
         check_run_name(self.run)
         check_storage_dtype(self.dtype)
         positive = {"batch_tokens": self.batch_tokens, "pool_batches": self.pool_batches}

@@ -21,12 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path, PosixPath
 from typing import TYPE_CHECKING, Any
 
-from actstore.errors import StoreError, StoreNotFoundError
+from actstore.errors import StoreError, StoreNotFoundError, StoreWriteError
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
-__all__ = ["REQUESTS", "ObjectPath", "Requests", "is_url", "s3_filesystem", "store_path"]
+__all__ = [
+    "REQUESTS",
+    "ObjectPath",
+    "Requests",
+    "is_url",
+    "read_only_message",
+    "refuse_write",
+    "s3_filesystem",
+    "store_path",
+]
 
 #: URL schemes read through pyarrow (others are refused with one line).
 SCHEMES = ("s3",)
@@ -262,6 +271,13 @@ class ObjectPath(PosixPath):
         REQUESTS.add(gets=1, nbytes=len(data))
         return bytes(data)
 
+    def resolve(self, strict: bool = False) -> ObjectPath:
+        """The path itself: object stores have no links (``.`` and ``..`` never occur)."""
+        return self
+
+    def is_symlink(self) -> bool:
+        return False
+
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
         raise StoreError(read_only_message(self))
 
@@ -289,7 +305,16 @@ def fetch_tree(root: ObjectPath, path: str) -> dict[str, Any]:
     return {i.path[base:]: proto.buffer.from_bytes(d) for i, d in zip(files, data, strict=True)}
 
 
-def read_only_message(path: Path) -> str:
+def refuse_write(store: str | os.PathLike[str]) -> None:
+    """Raise :class:`~actstore.errors.StoreWriteError` if ``store`` is on object storage
+    (a URL, or a local path that one became, ``s3:/bucket``): stores there are read-only.
+    """
+    text = str(store) if isinstance(store, ObjectPath) else os.fspath(store)
+    if "://" in text or text.startswith(tuple(f"{s}:/" for s in SCHEMES)):
+        raise StoreWriteError(read_only_message(text))
+
+
+def read_only_message(path: str | Path) -> str:
     """The one line that refuses writing to an object store."""
     return (
         f"{path}: writing to object storage is not supported yet (stores on s3:// are "

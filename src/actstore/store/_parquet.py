@@ -20,6 +20,7 @@ __all__ = [
     "REPAIR_FILE",
     "corrupt_file",
     "parquet_problem",
+    "parquet_rows",
     "read_batches",
     "read_schema",
     "read_table",
@@ -125,6 +126,15 @@ def read_schema(path: Path, *, fix: str = REPAIR_FILE) -> pa.Schema:
             raise StoreCorruptError(f"{path}: {problem}; {fix}")
         src, fs = _source(path)
         return pq.read_schema(src, filesystem=fs)
+
+
+def parquet_rows(path: Path) -> int:
+    """Rows of the Parquet file ``path`` (from its footer)."""
+    import pyarrow.parquet as pq
+
+    src, fs = _source(path)
+    with pq.ParquetFile(src, filesystem=fs) as f:
+        return int(f.metadata.num_rows)
 
 
 def read_batches(

@@ -23,7 +23,7 @@ from actstore.errors import (
     StoreNotFoundError,
 )
 from actstore.store._faults import crash_point
-from actstore.store._objects import store_path
+from actstore.store._objects import refuse_write, store_path
 from actstore.store.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -200,6 +200,7 @@ def create_store(store: Path) -> ManifestJSON:
     StoreError
         The path is a file, or a non-empty directory that is not a store.
     """
+    refuse_write(store)
     store = Path(store)
     if store.exists() and not store.is_dir():
         raise StoreError(f"store path {store} is a file, expected a directory; pick another path")
@@ -262,6 +263,7 @@ def use_store(store: Path) -> Iterator[ManifestJSON]:
     removes a store another job is using. If the store is removed between its creation
     and the lock (by a job that found it unused), it is created again.
     """
+    refuse_write(store)
     store = Path(store)
     for _ in range(100):
         path = store / USERS_NAME
@@ -314,6 +316,7 @@ def store_lock(store: Path) -> Iterator[None]:
 
     Not re-entrant: a process holding it must not ask for it again.
     """
+    refuse_write(store)
     fd = os.open(Path(store) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from actstore.errors import ConfigError, ResultNotFoundError, StoreCorruptError
-from actstore.store._objects import store_path
-from actstore.store._parquet import corrupt_file, read_table
+from actstore.store._objects import ObjectPath, refuse_write, store_path
+from actstore.store._parquet import corrupt_file, parquet_rows, read_table
 from actstore.store.format import ARRAYS_DIR, RESULT_META, RESULT_TABLE, RESULTS_DIR
 from actstore.store.locks import pid_alive
 from actstore.store.manifest import read_manifest, store_lock
@@ -56,7 +56,7 @@ _RESERVED = {"docs", "tokens", "vocab", "runs", "sites", "results"}
 
 def result_dir(store: str | Path, name: str) -> Path:
     """Folder of result ``name`` in ``store``."""
-    return Path(store) / RESULTS_DIR / name
+    return store_path(store) / RESULTS_DIR / name
 
 
 def _check_name(name: str) -> str:
@@ -102,6 +102,7 @@ def write_result(
     Path
         The result folder.
     """
+    refuse_write(store)
     root = Path(store) / RESULTS_DIR
     read_manifest(Path(store))
     _check_name(name)
@@ -186,6 +187,7 @@ def check_can_save(store: str | Path, name: str, *, overwrite: bool = False) -> 
     ConfigError
         With what to do instead.
     """
+    refuse_write(store)
     _check_name(name)
     _check_free(Path(store) / RESULTS_DIR, name, overwrite)
 
@@ -283,7 +285,7 @@ def read_result(store: str | Path, name: str) -> tuple[pa.Table, dict[str, Any],
             arrays = {}
             for f in sorted((folder / ARRAYS_DIR).glob("*.npy")):
                 with corrupt_file(f, fix):
-                    arrays[f.stem] = np.load(f, mmap_mode="r")
+                    arrays[f.stem] = _load_npy(f)
             with corrupt_file(folder / RESULT_META, fix):
                 meta = json.loads((folder / RESULT_META).read_text())
             return read_table(folder / RESULT_TABLE, fix=fix), meta, arrays
@@ -292,6 +294,17 @@ def read_result(store: str | Path, name: str) -> tuple[pa.Table, dict[str, Any],
                 continue
             raise
     raise ResultNotFoundError(f"result {name!r} in {store} kept changing while being read")
+
+
+def _load_npy(path: Path) -> npt.NDArray[Any]:
+    """A saved array: memory-mapped, or downloaded from object storage."""
+    if isinstance(path, ObjectPath):
+        import io
+
+        loaded: npt.NDArray[Any] = np.load(io.BytesIO(path.read_bytes()))
+        return loaded
+    mapped: npt.NDArray[Any] = np.load(path, mmap_mode="r")
+    return mapped
 
 
 def result_tables(store: str | Path) -> dict[str, Path]:
@@ -330,6 +343,7 @@ def remove_result(store: str | Path, name: str) -> None:
     StoreWriteError
         The store cannot be written.
     """
+    refuse_write(store)
     _check_name(name)
     root = Path(store) / RESULTS_DIR
     read_manifest(Path(store))
@@ -354,7 +368,7 @@ def result_summaries(store: str | Path) -> list[dict[str, Any]]:
     for name, table in result_tables(store).items():
         try:
             meta = json.loads((table.parent / RESULT_META).read_text())
-            rows = pq.ParquetFile(table).metadata.num_rows
+            rows = parquet_rows(table)
         except (OSError, ValueError):
             meta, rows = {}, None
         spec = meta.get("spec") or {}
