@@ -20,6 +20,7 @@ from actstore.errors import ConfigError, TokenNotFoundError
 from actstore.query import select
 from actstore.query.select import Match
 from actstore.store._gather import Buffers, prefetched
+from actstore.store._objects import ObjectPath
 from actstore.store.reader import RunReader, StoreReader, as_row_array
 
 if TYPE_CHECKING:
@@ -112,6 +113,10 @@ class Store:
     def engine(self) -> SQLEngine:
         """The store's DuckDB connection (created on first use, and anew when the saved
         results change, so a result saved after opening is a view like the others)."""
+        if self._engine is not None and isinstance(self.path, ObjectPath):
+            # a store on object storage is listed once: a listing per query costs round
+            # trips, and nothing saves results there through this process
+            return self._engine
         sig = self._results_signature()
         if self._engine is None or sig != self._engine_sig:
             from actstore.query.sql import SQLEngine
