@@ -218,6 +218,15 @@ class ObjectPath(PosixPath):
             raise FileNotFoundError(f"{self} does not exist")
         return int(info.size)
 
+    def total_bytes(self) -> int:
+        """Bytes of every object under this prefix (one listing)."""
+        import pyarrow.fs as pafs
+
+        REQUESTS.add(heads=1)
+        selector = pafs.FileSelector(self.key, allow_not_found=True, recursive=True)
+        infos = self.fs.get_file_info(selector)
+        return sum(int(i.size) for i in infos if i.type == pafs.FileType.File)
+
     def iterdir(self) -> Generator[ObjectPath, None, None]:
         """The objects and "folders" directly under this prefix."""
         import pyarrow.fs as pafs

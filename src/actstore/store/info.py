@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
+from actstore.store._objects import ObjectPath, store_path
 from actstore.store._parquet import read_table
 from actstore.store.docs import LEGACY_RECORD_COLUMN, has_records
 from actstore.store.format import (
@@ -24,6 +25,8 @@ __all__ = ["format_info", "store_info"]
 
 
 def _bytes(path: Path) -> int:
+    if isinstance(path, ObjectPath):
+        return path.total_bytes()
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -35,7 +38,7 @@ def store_info(store: str | Path) -> dict[str, Any]:
     Committed runs are listed under ``runs``; runs still being written (or whose
     shards are not all done) under ``pending``, with the rows written so far.
     """
-    store = Path(store)
+    store = store_path(store)
     manifest = read_manifest(store)
     runs = []
     for name in sorted(manifest["runs"]):
