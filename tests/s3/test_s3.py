@@ -95,6 +95,9 @@ def test_damage_is_one_line(s3: S3, tmp_path: Path) -> None:
             s.sql("SELECT * FROM vocab").fetchall()
         assert str(e.value).startswith(f"{url}/runs/r/vocab.parquet")
         assert s.sql("SELECT count(*) FROM tokens").fetchall() == [(48,)]  # the rest works
+    s3.fs.delete_file(f"{url[5:]}/runs/r/arrays/part-0000/hidden.0/c/0/0")
+    with actstore.open(url) as s, pytest.raises(StoreCorruptError, match="is missing"):
+        s.vectors("r", "hidden.0", [3])
 
 
 def _same(out: str, local: Path, url: str) -> str:

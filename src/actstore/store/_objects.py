@@ -30,7 +30,6 @@ __all__ = [
     "REQUESTS",
     "ObjectPath",
     "Requests",
-    "is_url",
     "read_only_message",
     "refuse_write",
     "s3_filesystem",
@@ -70,15 +69,6 @@ class Requests:
 
 #: The counter of every request to object storage.
 REQUESTS = Requests()
-
-
-def is_url(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a URL (``scheme://...``) rather than a local path.
-
-    >>> is_url("s3://bucket/x.acts"), is_url("/data/x.acts")
-    (True, False)
-    """
-    return isinstance(path, ObjectPath) or (isinstance(path, str) and "://" in path)
 
 
 def store_path(path: str | os.PathLike[str]) -> Path:
@@ -202,21 +192,6 @@ class ObjectPath(PosixPath):
         import pyarrow.fs as pafs
 
         return bool(self._info().type != pafs.FileType.NotFound)
-
-    def size(self) -> int:
-        """The object's size in bytes.
-
-        Raises
-        ------
-        FileNotFoundError
-            No such object.
-        """
-        import pyarrow.fs as pafs
-
-        info = self._info()
-        if info.type != pafs.FileType.File:
-            raise FileNotFoundError(f"{self} does not exist")
-        return int(info.size)
 
     def total_bytes(self) -> int:
         """Bytes of every object under this prefix (one listing)."""
