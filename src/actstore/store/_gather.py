@@ -576,14 +576,19 @@ class PartArray:
                 lambda arr: arr[start:stop],
             )
             return
+        pieces = []
         for shard in range(start // lay.shard_rows, (stop - 1) // lay.shard_rows + 1):
             a = max(start, shard * lay.shard_rows)
             b = min(stop, (shard + 1) * lay.shard_rows)
             lo = shard * lay.shard_rows
-            if self._remote:
-                ranged_read(self._ranged_shard(shard), a - lo, b - lo, out[a - start : b - start])
+            if self._remote:  # every shard's requests in flight together
+                pieces.append(
+                    (self._ranged_shard(shard), a - lo, b - lo, out[a - start : b - start])
+                )
             else:
                 self._shard(shard).read(a - lo, b - lo, out[a - start : b - start])
+        if pieces:
+            ranged_read(pieces)
 
 
 _POOL: list[ThreadPoolExecutor] = []

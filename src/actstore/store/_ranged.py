@@ -205,20 +205,25 @@ def ranged_take(
             f.cancel()
 
 
-def ranged_read(shard: RangedShard, a: int, b: int, out: npt.NDArray[Any]) -> None:
-    """Copy rows ``a:b`` of ``shard`` (checked) into ``out``: the chunks are fetched in
-    :data:`RUN_BYTES` pieces, concurrently."""
-    cr = shard.lay.chunk_rows
-    if not shard.dense:
-        k, r = np.divmod(np.arange(a, b, dtype=np.int64), cr)
-        ranged_take([(shard, k, r, np.arange(b - a, dtype=np.int64))], out)
-        return
-    runs = shard.runs(np.arange(a // cr, (b - 1) // cr + 1, dtype=np.int64))
+def ranged_read(pieces: Sequence[tuple[RangedShard, int, int, npt.NDArray[Any]]]) -> None:
+    """For each ``(shard, a, b, out)``: copy rows ``a:b`` of ``shard`` (checked) into
+    ``out``. The chunks are fetched in :data:`RUN_BYTES` pieces, those of every shard in
+    flight together."""
+    jobs = []
+    for shard, a, b, out in pieces:
+        cr = shard.lay.chunk_rows
+        if not shard.dense:
+            k, r = np.divmod(np.arange(a, b, dtype=np.int64), cr)
+            ranged_take([(shard, k, r, np.arange(b - a, dtype=np.int64))], out)
+            continue
+        for run in shard.runs(np.arange(a // cr, (b - 1) // cr + 1, dtype=np.int64)):
+            jobs.append((shard, run, a, b, out))
     pool = _pool()
-    futures = [pool.submit(shard.fetch, run) for run in runs]
+    futures = [pool.submit(shard.fetch, run) for shard, run, *_ in jobs]
     try:
-        for run, future in zip(runs, futures, strict=True):
+        for (shard, run, a, b, out), future in zip(jobs, futures, strict=True):
             block = future.result()
+            cr = shard.lay.chunk_rows
             base = int(run[0]) * cr
             lo, hi = max(a, base), min(b, (int(run[-1]) + 1) * cr)
             _copy(block, lo - base, hi - base, out[lo - a : hi - a])
