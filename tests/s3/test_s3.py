@@ -11,10 +11,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import zarr
+from zarr.codecs import Crc32cCodec
+from zarr.storage import LocalStore
 
 import actstore
 from actstore.errors import StoreCorruptError, StoreWriteError
-from actstore.store._objects import REQUESTS
+from actstore.store._gather import MapCache, PartArray
+from actstore.store._objects import REQUESTS, store_path
 from actstore.store.arrays import Layout
 from actstore.store.results import write_result
 from actstore.store.synthetic import write_synthetic_run
@@ -145,3 +149,78 @@ def test_missing_and_read_only(cli: CLI, s3_store: str) -> None:
         cli("extract", "--data", "x.txt", "--model", "m", "--store", "s3://acts/new.acts")
     with pytest.raises(StoreWriteError, match=re.escape(s3_store)):
         write_result(s3_store, "x", pa.table({"a": [1]}), meta={})
+
+
+@pytest.mark.parametrize("crc", [False, True], ids=["plain", "crc32c"])
+@pytest.mark.parametrize("index_location", ["end", "start"])
+def test_part_array_layouts(s3: S3, tmp_path: Path, index_location: str, crc: bool) -> None:
+    """As tests/store/test_reader.py, read by ranged requests: empty (fill) chunks, the
+    index at the start, chunks not dividing the rows; a shard left out is missing."""
+    n, d, dtype = 53, 5, "float16"
+    data = (np.arange(n * d).reshape(n, d) % 97 + 1).astype(dtype)
+    data[8:12] = 0  # a whole chunk of zeros: zarr does not write it (fill value)
+    data[24:36] = 0  # a whole shard of zeros: no file at all
+    arr = zarr.create_array(
+        store=LocalStore(tmp_path),
+        name="x",
+        shape=(n, d),
+        chunks=(4, d),
+        shards={"shape": (12, d), "index_location": index_location},
+        dtype=dtype,
+        compressors=[Crc32cCodec()] if crc else None,
+        fill_value=0,
+    )
+    arr[...] = data
+    url = s3.upload(tmp_path, f"layouts/{index_location}-{crc}")
+    part = PartArray(store_path(url) / "x", MapCache())
+    assert part.fast
+    rows = np.array([r for r in range(n) if not 24 <= r < 36])
+    out = np.empty((len(rows), d), dtype)
+    part.take(rows, out)
+    assert np.array_equal(out, data[rows])
+    sel = np.array([52, 0, 9, 10, 40, 9])
+    out = np.empty((len(sel), d), dtype)
+    part.take(sel, out)
+    assert np.array_equal(out, data[sel])
+    out = np.empty((17, d), dtype)
+    part.read(7, 24, out)
+    assert np.array_equal(out, data[7:24])
+    with pytest.raises(StoreCorruptError, match=r"shard file s3://.*x/c/2/0 is missing"):
+        part.take(np.array([25]), np.empty((1, d), dtype))
+
+
+def test_every_layout_of_a_run(s3: S3, tmp_path: Path) -> None:
+    """Several parts, shards not dividing the rows, bfloat16, and a compressed run (read
+    whole through zarr-python): the same rows as the local copy."""
+    path = tmp_path / "layouts.acts"
+    runs = [
+        ("f32", "float32", 3, 4, 12, "none"),
+        ("bf16", "bfloat16", 2, 4, 8, "none"),
+        ("zstd", "float16", 2, 4, 12, "zstd"),
+    ]
+    for name, dtype, parts, chunk, shard, codec in runs:
+        layout = Layout(chunk_rows=chunk, shard_rows=shard, codec=codec)  # type: ignore[arg-type]
+        write_synthetic_run(
+            path,
+            name,
+            n_docs=13,
+            tokens_per_doc=7,
+            d=6,
+            dtype=dtype,  # type: ignore[arg-type]
+            num_parts=parts,
+            layout=layout,
+            docs_per_pool=2,
+        )
+    url = s3.upload(path, "stores/layouts.acts")
+    rows = np.random.default_rng(1).integers(0, 91, 60)
+    with actstore.open(url) as remote, actstore.open(path) as local:
+        for name, *_ in runs:
+            got, want = (
+                remote.vectors(name, "hidden.1", rows),
+                local.vectors(name, "hidden.1", rows),
+            )
+            assert got.dtype == want.dtype
+            assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), name
+            ((_, x1),) = remote.iter_vectors(name, "hidden.0")
+            ((_, x2),) = local.iter_vectors(name, "hidden.0")
+            assert np.array_equal(x1.view(np.uint8), x2.view(np.uint8)), name

@@ -180,21 +180,19 @@ def ranged_take(
     StoreCorruptError
         A shard object is missing or truncated, or a chunk fails its checksum.
     """
-    tasks: list[tuple[RangedShard, npt.NDArray[np.int64], npt.NDArray[np.bool_]]] = []
-    for shard, k, _, _ in shards:
+    tasks: list[tuple[int, npt.NDArray[np.int64]]] = []  # (entry of `shards`, its run)
+    for i, (shard, k, _, _) in enumerate(shards):
         uniq = np.unique(k)
-        stored = uniq[shard.stored[uniq]]
-        for run in shard.runs(stored):
-            tasks.append((shard, run, np.zeros(0, bool)))
+        tasks += [(i, run) for run in shard.runs(uniq[shard.stored[uniq]])]
     pool = _pool()
-    futures = [pool.submit(shard.fetch, run) for shard, run, _ in tasks]
+    futures = [pool.submit(shards[i][0].fetch, run) for i, run in tasks]
     try:
         t = 0
-        for shard, k, r, to in shards:
+        for i, (shard, k, r, to) in enumerate(shards):
             empty = ~shard.stored[k]
             if empty.any():
                 out[to[empty]] = shard.lay.fill
-            while t < len(tasks) and tasks[t][0] is shard:
+            while t < len(tasks) and tasks[t][0] == i:
                 run = tasks[t][1]
                 block = futures[t].result()
                 sel = (k >= run[0]) & (k <= run[-1]) & ~empty
