@@ -245,15 +245,8 @@ class ObjectPath(PosixPath):
         """A random-access file of the object (``mode`` ``"rb"`` only): every read is a
         ranged GET."""
         if mode != "rb":
-            raise StoreError(read_only_message(self))
+            raise StoreWriteError(read_only_message(self))
         return CountedFile(self.fs.open_input_file(self.key))
-
-    def read_range(self, offset: int, nbytes: int) -> bytes:
-        """``nbytes`` bytes of the object from ``offset`` (one ranged GET)."""
-        with self.fs.open_input_file(self.key) as f:
-            data = f.read_at(nbytes, offset)
-        REQUESTS.add(gets=1, nbytes=len(data))
-        return bytes(data)
 
     def resolve(self, strict: bool = False) -> ObjectPath:
         """The path itself: object stores have no links (``.`` and ``..`` never occur)."""
@@ -263,7 +256,7 @@ class ObjectPath(PosixPath):
         return False
 
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise StoreError(read_only_message(self))
+        raise StoreWriteError(read_only_message(self))
 
     mkdir = write_bytes = write_text = unlink = rename = replace = touch = _refuse
 
