@@ -17,6 +17,7 @@ parts are one read path whose pieces call each other; split it when it grows fur
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import mmap
@@ -640,14 +641,18 @@ def prefetched(loads: Iterable[Callable[[], _T]]) -> Iterator[_T]:
     error of a load is raised when its result is due, as without prefetching; a caller
     that stops early leaves at most one load to finish in the background.
     """
-    pool = _prefetch_pool()
     it = iter(loads)
     first = next(it, None)
     if first is None:
         return
+    second = next(it, None)
+    if second is None:  # one load: nothing to overlap it with, no thread to wake
+        yield first()
+        return
+    pool = _prefetch_pool()
     pending: Future[_T] | None = pool.submit(first)
     try:
-        for load in it:
+        for load in itertools.chain([second], it):
             assert pending is not None
             done = pending.result()
             pending = pool.submit(load)  # one load at a time, while the caller works
