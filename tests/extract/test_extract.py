@@ -344,3 +344,29 @@ def test_cuda_extraction_matches_cpu(
     np.testing.assert_array_equal(
         a["group"]["centroids/count"][:], b["group"]["centroids/count"][:]
     )
+
+
+def test_no_matrices_stores_the_run_without_them(
+    tiny_model_dirs: dict[str, Path], corpus: Path, tmp_path: Path
+) -> None:
+    """``--no-matrices``: the same rows, no per-vocabulary matrices (run.json says so), a
+    one-line error from what needs them, and a resume with matrices is another run."""
+    import actstore
+    from actstore.errors import MatrixNotFoundError, RunExistsError
+
+    model = tiny_model_dirs["gpt2"]
+    full = run(model, corpus, tmp_path / "a.acts", sites="hidden.1")
+    bare = run(model, corpus, tmp_path / "b.acts", sites="hidden.1", matrices=False)
+    a, b = read_run(tmp_path / "a.acts"), read_run(tmp_path / "b.acts")
+    assert a["tokens"].equals(b["tokens"])
+    np.testing.assert_array_equal(a["sites"]["hidden.1"], b["sites"]["hidden.1"])
+    assert set(a["run"]["matrices"]) >= {"embed", "unembed"}
+    assert b["run"]["matrices"] == {}
+    assert not (tmp_path / "b.acts/runs/r/arrays/embed").exists()
+    assert full.counts == bare.counts
+    with actstore.open(tmp_path / "b.acts") as s:
+        with pytest.raises(MatrixNotFoundError, match="--no-matrices"):
+            s.matrix("r", "embed")
+        assert len(s.vectors("r", "hidden.1", np.arange(3))) == 3
+    with pytest.raises(RunExistsError):
+        run(model, corpus, tmp_path / "b.acts", sites="hidden.1")

@@ -114,6 +114,9 @@ class ExtractConfig:
     longest, which keeps padding below about this fraction of the tokens."""
     centroids: bool = False
     """Also store per-token-id running sums and counts of every site (centroids)."""
+    matrices: bool = True
+    """Store the model's per-vocabulary matrices (embed, unembed, norms: what the logit
+    lens and nearest-token analyses read; ~60 % of a small model's store)."""
     on_overflow: Literal["error", "clip"] = "error"
     """float16 values beyond +-65504: stop with an error, or clip them (counted in run.json)."""
     add_special_tokens: bool = True

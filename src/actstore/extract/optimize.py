@@ -30,6 +30,7 @@ OPTIMIZE_ONLY_EXTRACT = frozenset(
         "long_docs",
         "window_overlap",
         "centroids",
+        "matrices",
         "on_overflow",
         "device_map",
         "max_memory",
@@ -98,6 +99,11 @@ class OptimizeConfig(ExtractConfig):
             raise ConfigError(
                 f"{', '.join(given)}: not used by optimize (one prompt per sequence, on one "
                 "device, in this process); drop them"
+            )
+        if not self.matrices:
+            raise ConfigError(
+                "--no-matrices: an optimisation run keeps the embedding matrix (the trajectory "
+                "analyses measure distances and headings against it); drop it"
             )
         if self.steps < 1 or self.every < 1:
             raise ConfigError(f"steps and every must be >= 1, got {self.steps} and {self.every}")

@@ -382,7 +382,7 @@ def _start_part(
             }
             for s in sites
         ],
-        "matrices": {k: list(v.shape) for k, v in mats.items()},
+        "matrices": {k: list(v.shape) for k, v in mats.items()} if config.matrices else {},
         "head": head_info(lm),
         "dtype": config.dtype,
         "vocab_size": vocab_size,
@@ -396,7 +396,7 @@ def _start_part(
     part.write_meta(meta)
     if not part.has_vocab_strings:
         part.write_vocab_strings(_vocab_strings(lm, vocab_size))
-    if config.shard == 0:
+    if config.shard == 0 and config.matrices:
         part.write_matrices(mats)
     return part
 

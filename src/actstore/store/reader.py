@@ -331,6 +331,11 @@ class RunReader:
         known = self.meta.get("matrices", {})
         path = self.arrays_root / name
         if name not in known or not (path / "zarr.json").is_file():
+            if self.meta.get("config", {}).get("matrices") is False:
+                raise MatrixNotFoundError(
+                    f"matrix {name!r} not in run {self.name!r}: it was extracted with "
+                    "--no-matrices; extract it again without that option to use it"
+                )
             raise MatrixNotFoundError(
                 f"matrix {name!r} not in run {self.name!r} "
                 f"(has {', '.join(known) or 'none'}); pick one of them"
