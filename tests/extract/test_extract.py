@@ -370,3 +370,12 @@ def test_no_matrices_stores_the_run_without_them(
         assert len(s.vectors("r", "hidden.1", np.arange(3))) == 3
     with pytest.raises(RunExistsError):
         run(model, corpus, tmp_path / "b.acts", sites="hidden.1")
+    # runs stored before the option existed keep their identity: it is there only if set
+    plain = ExtractConfig(model="m", data="d", store="s", run="r")
+    assert "matrices" not in plain.identity()
+    assert (
+        ExtractConfig(model="m", data="d", store="s", run="r", matrices=False).identity()[
+            "matrices"
+        ]
+        is False
+    )

@@ -19,6 +19,11 @@ Objective = Literal["kl-to-prompt", "target-tokens", "cosine-to-text"]
 OBJECTIVES: tuple[str, ...] = ("kl-to-prompt", "target-tokens", "cosine-to-text")
 
 
+_UNSET = object()
+#: Options newer than the first stored runs, with their defaults: in a run's identity only
+#: when set to something else (``--no-matrices``), so older runs resume and match as before.
+IDENTITY_IF_SET: dict[str, Any] = {"matrices": True}
+
 #: Fields that do not change what is stored, so a job may resume with other values.
 #: ``data``, ``data_format`` and ``text_field`` are replaced by the resolved corpus (its
 #: absolute path, format, text field, size and mtime), so that a relative and an absolute
@@ -272,5 +277,13 @@ class ExtractConfig:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        """The options that decide what is stored (two jobs agree on these to share a run)."""
-        return {k: v for k, v in self.to_json().items() if k not in IDENTITY_EXCLUDED}
+        """The options that decide what is stored (two jobs agree on these to share a run).
+
+        An option added after runs were stored enters only when it is not at its default
+        (``IDENTITY_IF_SET``), so a run staged or committed before keeps the same identity.
+        """
+        return {
+            k: v
+            for k, v in self.to_json().items()
+            if k not in IDENTITY_EXCLUDED and IDENTITY_IF_SET.get(k, _UNSET) != v
+        }
