@@ -67,8 +67,11 @@ TARGETS = {
 # ------------------------------------------------------------------------------ corpus
 
 
-def write_corpus(path: Path, n_docs: int, seed: int) -> Path:
-    """Write ``n_docs`` distinct docs of 1-6 demo sentences as JSONL; the same for a seed.
+def write_corpus(
+    path: Path, n_docs: int, seed: int, sentences_per_doc: tuple[int, int] = (1, 6)
+) -> Path:
+    """Write ``n_docs`` distinct docs of 1-6 (``sentences_per_doc``) demo sentences as
+    JSONL; the same for a seed.
 
     Docs must be distinct: the extractor keys docs by a hash of their text and skips
     repeats. A longer corpus of the same seed starts with the docs of a shorter one.
@@ -81,7 +84,7 @@ def write_corpus(path: Path, n_docs: int, seed: int) -> Path:
     seen: set[str] = set()
     with path.open("w", encoding="utf-8") as out:
         while len(seen) < n_docs:
-            text = " ".join(rng.sample(sentences, rng.randint(1, 6)))
+            text = " ".join(rng.sample(sentences, rng.randint(*sentences_per_doc)))
             if text in seen:
                 continue
             seen.add(text)
@@ -129,14 +132,39 @@ def bare_loop(lm: Any, tensors: list[tuple[Any, Any]]) -> dict[str, float]:
     return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
 
+def _windows(tok: Any, texts: list[str], width: int, overlap: int) -> list[tuple[Any, int, int]]:
+    """Every doc cut into windows of ``width`` tokens (specials included) overlapping by
+    ``overlap`` text tokens: ``(ids, keep_start, keep_end)``, each token kept once."""
+    out = []
+    text_width = width - 2  # [CLS] ... [SEP] (MiniLM's)
+    first, last_id = [tok.cls_token_id], [tok.sep_token_id]
+    for ids in tok(texts, add_special_tokens=False)["input_ids"]:
+        starts = list(range(0, max(1, len(ids) - overlap), text_width - overlap))
+        for w, a in enumerate(starts):
+            chunk = ids[a : a + text_width]
+            seq = first + list(chunk) + last_id
+            last = w == len(starts) - 1 or a + text_width >= len(ids)
+            out.append((seq, 0 if w == 0 else 1 + overlap, len(seq) if last else len(seq) - 1))
+            if last:
+                break
+    return out
+
+
 def plain_loop(
-    lm: Any, texts: list[str], batch_tokens: int, layers: list[int], out_dir: Path
+    lm: Any,
+    texts: list[str],
+    batch_tokens: int,
+    layers: list[int],
+    out_dir: Path,
+    window: int | None = None,
 ) -> dict[str, float]:
     """The fastest plain loop a user would write: tokenize every text (special tokens,
-    truncated to 512), sort by length, cut batches at the same token budget as actstore's,
-    ``output_hidden_states=True`` under ``inference_mode``, keep each layer's non-padding
-    rows as float16 and ``np.save`` them (one file per batch and layer). Wall and CPU
-    seconds, tokenizing included (``extract()`` minus model load includes it too)."""
+    truncated to 512; or, with ``window``, cut into windows of that many tokens that
+    overlap by 64, each token kept once), sort by length, cut batches at the same token
+    budget as actstore's, ``output_hidden_states=True`` under ``inference_mode``, keep
+    each layer's non-padding rows as float16 and ``np.save`` them (one file per batch and
+    layer). Wall and CPU seconds, tokenizing included (``extract()`` minus model load
+    includes it too)."""
     import numpy as np
     import torch
 
@@ -146,7 +174,13 @@ def plain_loop(
     sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
     sync()
     t0, c0 = time.perf_counter(), time.process_time()
-    enc = tok(texts, truncation=True, max_length=512)["input_ids"]
+    if window is None:
+        enc = tok(texts, truncation=True, max_length=512)["input_ids"]
+        keep = [(0, len(x)) for x in enc]
+    else:
+        wins = _windows(tok, texts, window, 64)
+        enc = [w[0] for w in wins]
+        keep = [(w[1], w[2]) for w in wins]
     order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
     batches: list[list[int]] = []
     cur: list[int] = []
@@ -158,17 +192,21 @@ def plain_loop(
         cur.append(i)
     if cur:
         batches.append(cur)
+    kept = 0
     with torch.inference_mode():
         for b, idx in enumerate(batches):
             padded = tok.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
             padded = {k: v.to(lm.device) for k, v in padded.items()}
             out = lm.base(**padded, output_hidden_states=True)
-            mask = padded["attention_mask"].bool()
+            mask = torch.zeros_like(padded["attention_mask"], dtype=torch.bool)
+            for r, i in enumerate(idx):
+                mask[r, keep[i][0] : keep[i][1]] = True
+            kept += int(mask.sum())
             for layer in layers:
                 rows = out.hidden_states[layer][mask].to(torch.float16).cpu().numpy()
                 np.save(out_dir / f"{b:05d}-{layer}.npy", rows)
     sync()
-    res = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
+    res = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "rows": kept}
     shutil.rmtree(out_dir, ignore_errors=True)
     return res
 
@@ -431,6 +469,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
     p.add_argument(
+        "--long",
+        action="store_true",
+        help="long docs (80-160 demo sentences, ~1,000-2,000 tokens) in 512-token windows",
+    )
+    p.add_argument(
         "--rss-docs",
         type=int,
         default=4000,
@@ -455,7 +498,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     t_all = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="actstore-bench-extract-"))
     try:
-        data = write_corpus(tmp / f"corpus-{args.docs}.jsonl", args.docs, args.seed)
+        per_doc = (80, 160) if args.long else (1, 6)
+        data = write_corpus(tmp / f"corpus-{args.docs}.jsonl", args.docs, args.seed, per_doc)
         rss_data = write_corpus(tmp / f"rss-{args.rss_docs}.jsonl", args.rss_docs, args.seed)
         rss_data2 = write_corpus(
             tmp / f"rss-{2 * args.rss_docs}.jsonl", 2 * args.rss_docs, args.seed
@@ -470,6 +514,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "dtype": "float16",
             "device": args.device,
             "quiet": True,
+            **({"long_docs": "window", "max_length": 512} if args.long else {}),
         }
         config = ExtractConfig(**common, store=str(tmp / "unused"), run=RUN, sites=SITES_ALL)
         batches = list(iter_batches(config, lm, open_corpus(data)))
@@ -509,7 +554,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
         def plain(name: str, layers: list[int]) -> Any:
             def go() -> dict[str, float]:
-                out = plain_loop(lm, texts, config.batch_tokens, layers, tmp / name)
+                out = plain_loop(
+                    lm,
+                    texts,
+                    config.batch_tokens,
+                    layers,
+                    tmp / name,
+                    window=512 if args.long else None,
+                )
                 print(f"  {name}: {out['wall_s']:.2f} s", flush=True)
                 return out
 
@@ -557,6 +609,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     }
     med = {k: median(v) for k, v in raw.items()}
     counts = runs["extract_all"][0]["counts"]
+    if runs["plain_all"][0]["rows"] != counts["rows"]:
+        print(f"warning: the plain loop kept {runs['plain_all'][0]['rows']} rows, extract {counts}")
     # run.json "tokens" counts real tokens only; "pad_tokens" the padding processed
     padding_runjson = counts["pad_tokens"] / counts["tokens"]
     padding_batches = (padded - real) / real
