@@ -110,3 +110,34 @@ def test_a_checkpoint_inside_a_pool_names_its_pool_however_far_behind_the_writer
             assert consumed == start, seen
         if end:
             start = consumed
+
+
+def test_a_job_resumed_after_its_last_pool_never_reads_the_corpus_again(
+    tiny_model_dirs: dict[str, Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after its last pool but before it marked the part complete, a job resumes
+    with nothing left to read. It once stored an empty pool that said "consumed: 0", so a
+    job killed again after that read the whole corpus anew, every text a repeat (seen in
+    CI as docs 320 of 160, duplicate_docs 159)."""
+    from actstore.extract import runner
+
+    from .test_extract import read_run, run
+    from .test_resume import make_corpus
+
+    data = make_corpus(tmp_path / "c.jsonl")
+    kw: dict[str, Any] = {"sites": "hidden.0", "batch_tokens": 96, "pool_batches": 3}
+    ref = run(tiny_model_dirs["bert"], data, tmp_path / "ref.acts", **kw)
+    store = tmp_path / "s.acts"
+    real = runner._check_not_empty
+
+    def killed(*_: Any) -> None:
+        raise KeyboardInterrupt  # as a kill between the last pool and completion
+
+    monkeypatch.setattr(runner, "_check_not_empty", killed)
+    for _ in range(2):  # killed there, then killed there again after resuming
+        with pytest.raises(KeyboardInterrupt):
+            run(tiny_model_dirs["bert"], data, store, **kw)
+    monkeypatch.setattr(runner, "_check_not_empty", real)
+    res = run(tiny_model_dirs["bert"], data, store, **kw)
+    assert res.counts == ref.counts
+    assert read_run(store)["tokens"].equals(read_run(tmp_path / "ref.acts")["tokens"])

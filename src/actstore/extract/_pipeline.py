@@ -293,14 +293,14 @@ def run_pools(
                 counts.update(pool.counts)
                 durable = rows
                 checkpoint = {
-                    "consumed": pool.consumed,
+                    "consumed": max(pool.consumed, pool_start),  # never backwards
                     "docs": docs_table(pool),
                     "counts": counts,
                     "timings": clock.take(),
                     "centroids": loop.centroid_state(),
                 }
                 writer.put(("checkpoint", checkpoint))
-                pool_start = pool.consumed
+                pool_start = max(pool.consumed, pool_start)
                 records = float(pool_start)
                 report(records)
         writer.finish()

@@ -280,5 +280,8 @@ class Pooler:
                     segments, pool_docs, repeat_of, counts, n_tokens = [], [], [], Counter(), 0
         flush_pending()
         counts["docs"] += len(pool_docs)
-        if pool_docs or counts:
+        # never a pool without records: a job resumed after its last pool reads nothing,
+        # and such a pool would record ``consumed`` as 0 (a job killed after it then read
+        # the whole corpus again, every text a repeat: docs counted twice)
+        if pool_docs:
             yield Pool(seq, consumed, self.batches(segments), pool_docs, repeat_of, counts)
