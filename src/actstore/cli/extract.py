@@ -34,25 +34,12 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         f.name: getattr(args, f.name) for f in dataclasses.fields(ExtractConfig) if f.name != "run"
     }
     values["run"] = args.run or _default_run_name(args.model)
-    from actstore.extract.progress import ProgressBar
     from actstore.extract.runner import extract
 
     config = ExtractConfig(**values)
-    if config.engine == "local":
-        shard = f" [{config.shard}/{config.num_shards}]" if config.num_shards > 1 else ""
-        with ProgressBar(f"extract {config.run}{shard}", disable=config.quiet) as bar:
-            result = extract(config, progress=bar)
-    else:
-        result = extract(config)  # the engine's one bar: tokens/s, parts done
-    summary: dict[str, Any] = {
-        "store": str(result.store),
-        "run": result.run,
-        "shard": result.shard,
-        "status": result.status,
-        "rows": result.rows,
-        "counts": result.counts,
-        "seconds": round(result.seconds, 3),
-    }
+    # no progress callback: the job draws its own bar (the engine's one bar with Ray)
+    result = extract(config)
+    summary = _summary(result)
     if config.engine == "ray":
         from actstore.extract.engine_ray import RayExtractResult
 
@@ -66,7 +53,6 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from actstore.extract.optimize import OPTIMIZE_ONLY_EXTRACT, OptimizeConfig, optimize
-    from actstore.extract.progress import ProgressBar
 
     values = {
         f.name: getattr(args, f.name)
@@ -75,10 +61,15 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     }
     values["run"] = args.run or _default_run_name(args.model) + "-optimize"
     config = OptimizeConfig(**values)
-    shard = f" [{config.shard}/{config.num_shards}]" if config.num_shards > 1 else ""
-    with ProgressBar(f"optimize {config.run}{shard}", disable=config.quiet) as bar:
-        result = optimize(config, progress=bar)
-    summary: dict[str, Any] = {
+    result = optimize(config)  # the job draws its own bar ("optimize RUN")
+    summary = {**_summary(result), "steps": config.stored_steps()}
+    _print_summary(args, summary, result)
+    return 0
+
+
+def _summary(result: Any) -> dict[str, Any]:
+    """The keys every extraction-like command prints (docs/outputs.md)."""
+    return {
         "store": str(result.store),
         "run": result.run,
         "shard": result.shard,
@@ -86,10 +77,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         "rows": result.rows,
         "counts": result.counts,
         "seconds": round(result.seconds, 3),
-        "steps": config.stored_steps(),
     }
-    _print_summary(args, summary, result)
-    return 0
 
 
 def _print_summary(args: argparse.Namespace, summary: dict[str, Any], result: Any) -> None:
