@@ -31,6 +31,7 @@ __all__ = [
     "rows_of_token",
     "rows_of_word",
     "token_ids",
+    "token_names",
 ]
 
 Match = Literal["auto", "exact", "stripped", "casefold"]
@@ -77,6 +78,16 @@ def token_ids(run: RunReader, token: str, match: Match = "exact") -> npt.NDArray
         i for i, s in zip(ids.tolist(), strings, strict=True) if s is not None and norm(s) == want
     ]
     return np.asarray(sorted(hit), np.int32)
+
+
+def token_names(run: RunReader) -> dict[int, str | None]:
+    """``token_id`` -> decoded token string of every vocabulary entry of ``run`` (empty
+    when the run has no vocabulary): how analyses name the ids in their tables."""
+    table = run.vocab_table(["token_id", "token"])
+    if table is None:
+        return {}
+    ids = table.column("token_id").to_numpy().tolist()
+    return dict(zip(ids, table.column("token").to_pylist(), strict=True))
 
 
 def require_token_ids(run: RunReader, token: str, match: Match = "auto") -> npt.NDArray[np.int32]:

@@ -214,6 +214,11 @@ class Store:
             )
         return self._run(run).token_columns(columns)
 
+    def token_names(self, run: str) -> dict[int, str | None]:
+        """``token_id`` -> decoded token string of ``run``'s vocabulary (the ``vocab``
+        table's ``token``), read from its Parquet file: how analyses name ids."""
+        return select.token_names(self._run(run))
+
     # -- vectors ---------------------------------------------------------------------------
 
     def vectors(

@@ -144,9 +144,8 @@ def logit_lens(store: Store, run: str, site: str, rows: Any) -> F32:
     return head.logits(store.vectors(run, site, rows, dtype=np.float32))
 
 
-def _decode(store: Store, run: str, ids: npt.NDArray[np.int64]) -> list[str]:
-    vocab = store.sql("SELECT token_id, token FROM vocab WHERE run = ?", [run]).df()
-    names = dict(zip(vocab.token_id.tolist(), vocab.token.tolist(), strict=True))
+def _decode(store: Store, run: str, ids: npt.NDArray[np.int64]) -> list[str | None]:
+    names = store.token_names(run)
     return [names.get(int(i), f"<{int(i)}>") for i in ids.ravel()]
 
 

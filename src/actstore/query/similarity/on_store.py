@@ -467,8 +467,7 @@ def grad_result(
 
 
 def _with_tokens(store: Store, run: str, table: pd.DataFrame) -> pd.DataFrame:
-    vocab = store.sql("SELECT token_id, token FROM vocab WHERE run = ?", [run]).df()
-    names = dict(zip(vocab["token_id"].tolist(), vocab["token"].tolist(), strict=True))
+    names = store.token_names(run)
     order = [
         "row",
         "doc_id",

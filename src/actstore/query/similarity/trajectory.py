@@ -377,8 +377,7 @@ def _histogram(
 
 
 def _with_tokens(store: Store, run: str, table: Any) -> Any:
-    vocab = store.sql("SELECT token_id, token FROM vocab WHERE run = ?", [run]).df()
-    names = dict(zip(vocab["token_id"].tolist(), vocab["token"].tolist(), strict=True))
+    names = store.token_names(run)
     table["token"] = table["token_id"].map(names)
     table["nearest_token"] = table["nearest_id"].map(names)
     table["heading_token"] = table["heading_id"].map(names)

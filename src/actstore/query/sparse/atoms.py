@@ -91,8 +91,7 @@ def atom_nearest_tokens(
         order = np.argsort(-np.take_along_axis(sim, top, 1), axis=1)
         ids[a : a + 256] = np.take_along_axis(top, order, 1)
         cos[a : a + 256] = np.take_along_axis(sim, ids[a : a + 256], 1)
-    vocab = store.sql("SELECT token_id, token FROM vocab WHERE run = ?", [run]).df()
-    names = dict(zip(vocab.token_id.to_numpy().tolist(), vocab.token.tolist(), strict=True))
+    names = store.token_names(run)
     return pd.DataFrame(
         {
             "atom": np.repeat(np.arange(len(A)), n),
