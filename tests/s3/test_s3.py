@@ -145,8 +145,6 @@ def test_missing_and_read_only(cli: CLI, s3_store: str) -> None:
     fit = ["map", "fit", s3_store, "--x", "hidden.0", "--y", "hidden.1", "--name", "m2"]
     with pytest.raises(CLI.Failed, match="writing to object storage is not supported yet"):
         cli(*fit)
-    with pytest.raises(CLI.Failed, match="not supported yet"):
-        cli("extract", "--data", "x.txt", "--model", "m", "--store", "s3://acts/new.acts")
     with pytest.raises(StoreWriteError, match=re.escape(s3_store)):
         write_result(s3_store, "x", pa.table({"a": [1]}), meta={})
 

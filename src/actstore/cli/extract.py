@@ -137,9 +137,18 @@ def _cmd_rm(args: argparse.Namespace) -> None:
 def _cmd_commit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from actstore.store._objects import ObjectPath, store_path
     from actstore.store.commit import commit_run
 
-    result = commit_run(Path(args.store), args.run, args.num_shards)
+    store = store_path(args.store)
+    if isinstance(store, ObjectPath):
+        from actstore.extract._remote import commit_remote
+
+        result = commit_remote(store, args.run, args.num_shards, args.staging)
+    else:
+        if args.staging is not None:
+            raise ConfigError("--staging: only used with a store on object storage (s3://)")
+        result = commit_run(Path(args.store), args.run, args.num_shards)
     if result is None:
         raise ConfigError(
             f"run {args.run!r} is not complete: some of its {args.num_shards} part(s) are "
@@ -217,6 +226,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("run", help="the run whose parts to publish")
     p.add_argument(
         "--num-shards", type=int, required=True, help="how many shard parts the run was split in"
+    )
+    p.add_argument(
+        "--staging",
+        help="with an s3:// store: the local folder to commit in (default as for extract)",
     )
     p.set_defaults(func=_cmd_commit)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from actstore.errors import ConfigError
-from actstore.store._objects import refuse_write
+from actstore.store._objects import ObjectPath, store_path
 from actstore.store.arrays import Codec, Layout
 from actstore.store.dtypes import check_storage_dtype
 from actstore.store.format import RUN_NAME, StorageDType
@@ -34,6 +34,7 @@ IDENTITY_EXCLUDED = frozenset(
         "shard",
         "overwrite",
         "quiet",
+        "staging",
         "device",
         "device_map",
         "max_memory",
@@ -76,7 +77,8 @@ class ExtractConfig:
     data: str
     """Corpus: .txt (one doc per line), .jsonl, .csv, .parquet, or a saved HF dataset folder."""
     store: str
-    """Store directory (created if new)."""
+    """Store directory (created if new), or s3://BUCKET/PREFIX (written through a local
+    staging store, see --staging; endpoint and credentials the standard AWS way)."""
     run: str
     """Run name inside the store (letters, digits, '_', '-', '.')."""
     sites: str = "all"
@@ -160,6 +162,10 @@ class ExtractConfig:
     batch), so a killed job loses at most about this much; the stored run is the same."""
     quiet: bool = False
     """No progress bar."""
+    staging: str | None = None
+    """With an s3:// store: the local folder where this job writes its part before it
+    uploads it (a resumed job must find it again); default $ACTSTORE_STAGING/BUCKET/PREFIX,
+    else ~/.cache/actstore/staging/BUCKET/PREFIX."""
     engine: Literal["local", "ray"] = "local"
     """Who runs the parts: local (this process runs part --shard), or ray (every part of
     the run as a Ray task, retried when its worker dies; see docs/scale-out.md)."""
@@ -177,7 +183,14 @@ class ExtractConfig:
     resumes from its last checkpoint)."""
 
     def __post_init__(self) -> None:
-        refuse_write(self.store)
+        if isinstance(store_path(self.store), ObjectPath):
+            if self.overwrite:
+                raise ConfigError(
+                    f"--overwrite: replacing a run in a store on object storage ({self.store}) "
+                    "is not supported; pick another --run name"
+                )
+        elif self.staging is not None:
+            raise ConfigError("--staging: only used with a store on object storage (s3://)")
         check_run_name(self.run)
         check_storage_dtype(self.dtype)
         positive = {"batch_tokens": self.batch_tokens, "pool_batches": self.pool_batches}

@@ -20,13 +20,13 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from actstore.errors import ActstoreError, ConfigError, EngineError
 from actstore.extract.config import ExtractConfig
 from actstore.extract.progress import ExtractProgress
 from actstore.extract.runner import ExtractResult, extract
+from actstore.store._objects import store_path
 
 __all__ = ["PartOutcome", "RayExtractResult", "extract_ray"]
 
@@ -384,7 +384,7 @@ def _summary(
         for k, (r, attempt) in sorted(results.items())
     )
     return RayExtractResult(
-        store=Path(config.store),
+        store=store_path(config.store),
         run=config.run,
         shard=None,
         status=status,

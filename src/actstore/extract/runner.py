@@ -30,6 +30,7 @@ from actstore.extract.batching import Pooler, Segment
 from actstore.extract.config import ExtractConfig
 from actstore.extract.corpus import Corpus, Doc, open_corpus
 from actstore.extract.progress import ExtractProgress, ProgressBar
+from actstore.store._objects import ObjectPath, store_path
 from actstore.store.claim import prepare_run
 from actstore.store.commit import try_commit
 from actstore.store.format import PROGRESS_VERSION, PartMetaJSON, RunJSON
@@ -181,14 +182,32 @@ def extract(
         from actstore.extract.engine_ray import extract_ray
 
         return extract_ray(config, progress)
+    if isinstance(store_path(config.store), ObjectPath):
+        from actstore.extract._remote import extract_remote
+
+        return extract_remote(config, progress)
+    return extract_local(config, progress)
+
+
+#: What a job does once its part is complete: commit the run if every part is (the
+#: default, :func:`_commit`), or publish to object storage (:mod:`._remote`).
+Committer = Callable[[ExtractConfig, Progress, float], ExtractResult]
+
+
+def extract_local(
+    config: ExtractConfig,
+    progress: Callable[[ExtractProgress], None] | None = None,
+    commit: Committer | None = None,
+) -> ExtractResult:
+    """:func:`extract` of one part into the local store ``config.store``; ``commit`` runs
+    (holding the part's lock) once the part is complete."""
     store = Path(config.store)
     new_store = not store.exists()
     try:
         with write_errors(store), contextlib.ExitStack() as held:
             if progress is None:
-                bar = held.enter_context(ProgressBar(_bar_label(config), disable=config.quiet))
-                return _extract(config, bar, held)
-            return _extract(config, progress, held)
+                progress = held.enter_context(ProgressBar(_bar_label(config), disable=config.quiet))
+            return _extract(config, progress, held, commit or _commit)
     except BaseException:
         if new_store:
             _remove_unused_store(store)
@@ -199,6 +218,7 @@ def _extract(
     config: ExtractConfig,
     progress: Callable[[ExtractProgress], None],
     held: contextlib.ExitStack[Any],
+    commit: Committer,
 ) -> ExtractResult:
     """:func:`extract`; the part's lock is pushed onto ``held``."""
     t_start = time.perf_counter()
@@ -253,7 +273,7 @@ def _extract(
         )
     resume = load_progress(store, config.run, config.shard)
     if resume is not None and resume["complete"]:
-        return _commit(config, resume, 0.0)
+        return commit(config, resume, 0.0)
     if resume is not None and resume["version"] != PROGRESS_VERSION:
         resume = None  # staged by an older actstore (its docs lack records): start afresh
 
@@ -320,7 +340,7 @@ def _extract(
         centroids=loop.centroid_state(),
         complete=True,
     )
-    return _commit(config, part.progress, time.perf_counter() - t_start)
+    return commit(config, part.progress, time.perf_counter() - t_start)
 
 
 def _remove_unused_store(store: Path) -> None:
