@@ -5,10 +5,14 @@ loopback), uploads a synthetic store (``--rows`` rows, d=384, float16, one site)
 times, interleaved, each measure on the ``s3://`` copy and on the local copy (warm in the
 page cache): a gather of ``--gather`` random rows, a gather of 200 sorted nearby rows,
 and a full-site scan. It reports the ratios S3 ÷ local, and the HTTP requests and bytes
-per S3 read (the coalescing). Prints a table and writes ``benchmarks/out/s3.json``.
+per S3 read (the coalescing). With ``--extract``, it also times writing: the demo
+extraction (the bundled MiniLM over the bundled corpus, every hidden state, float16,
+centroids) into ``s3://`` (staged locally, uploaded, manifest by conditional PUT) ÷ the
+same into a local store, interleaved. Prints a table and writes ``benchmarks/out/s3.json``.
 
     python benchmarks/s3.py                 # 200,000 rows (~150 MB)
     python benchmarks/s3.py --rows 50000    # quick check
+    python benchmarks/s3.py --extract 3     # also 3 rounds of extraction to S3 vs local
 """
 
 from __future__ import annotations
@@ -93,6 +97,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000, help="token rows (default 200k)")
     parser.add_argument("--gather", type=int, default=10_000, help="rows per random gather")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median)")
+    parser.add_argument(
+        "--extract", type=int, default=0, help="rounds of extraction to S3 vs local (0: none)"
+    )
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"s3-{args.rows}.acts"
@@ -122,6 +129,8 @@ def main() -> None:
         upload_s = time.perf_counter() - t0
         results = run(path, "s3://bench/s.acts", args)
         results["upload_s"] = upload_s
+        if args.extract:
+            results["extract"] = run_extract(fs, args.extract)
     finally:
         server.stop()
         shutil.rmtree(path, ignore_errors=True)
@@ -196,6 +205,44 @@ def run(path: Path, url: str, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def run_extract(fs: Any, repeats: int) -> dict[str, Any]:
+    """The demo extraction into a new ``s3://`` store ÷ into a new local store."""
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    from actstore._demo import demo_config
+    from actstore.extract.runner import extract
+
+    tmp = Path(tempfile.mkdtemp(dir=OUT))
+    count = {"s3": 0, "local": 0}
+
+    def to(where: str) -> dict[str, float]:
+        count[where] += 1
+        k = count[where]
+        store = f"s3://bench/x{k}.acts" if where == "s3" else str(tmp / f"x{k}.acts")
+        options = {"staging": str(tmp / f"staging{k}")} if where == "s3" else {}
+        t0 = time.perf_counter()
+        extract(demo_config(store, quiet=True, device="cpu", **options))
+        return {"ms": (time.perf_counter() - t0) * 1e3}
+
+    try:
+        got = interleave({"s3": lambda: to("s3"), "local": lambda: to("local")}, repeats)
+        infos = fs.get_file_info(pafs.FileSelector("bench/x1.acts", recursive=True))
+        nbytes = sum(i.size for i in infos if i.type == pafs.FileType.File)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    s3_ms, local_ms = (median([x["ms"] for x in got[k]]) for k in ("s3", "local"))
+    return {
+        "s3_ms": s3_ms,
+        "local_ms": local_ms,
+        "ratio": s3_ms / local_ms,
+        "objects": sum(1 for i in infos if i.type == pafs.FileType.File),
+        "MB": nbytes / 1e6,
+        "repeats": repeats,
+    }
+
+
 def _print(r: dict[str, Any]) -> None:
     print(
         f"\nstore: {r['rows']:,} rows x d={r['d']} {r['dtype']} ({r['store_MB']:.0f} MB), "
@@ -212,6 +259,13 @@ def _print(r: dict[str, Any]) -> None:
         gets = f"{m['gets']:>6.0f} {m['MB']:>8.1f}" if "gets" in m else ""
         print(f"{label:<36} {m['s3_ms']:>9.1f} {m['local_ms']:>9.1f} {m['ratio']:>7.1f} {gets}")
     print(f"upload: {r['upload_s']:.1f} s")
+    if "extract" in r:
+        e = r["extract"]
+        print(
+            f"demo extraction to S3 {e['s3_ms'] / 1e3:.1f} s ÷ local {e['local_ms'] / 1e3:.1f} s "
+            f"= {e['ratio']:.2f} ({e['objects']} objects, {e['MB']:.1f} MB; medians of "
+            f"{e['repeats']})"
+        )
 
 
 if __name__ == "__main__":
