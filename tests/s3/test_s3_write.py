@@ -311,3 +311,25 @@ def test_bad_options_and_bad_objects_are_one_line(
     with pytest.raises(StoreError, match="would leave its folder"):
         extract(_config(model, data, url, tmp_path / "st"))
     assert not (tmp_path / "st" / "escape").exists()
+
+
+def test_ray_parts_into_a_bucket(
+    s3: S3,
+    tiny_model_dirs: dict[str, Path],
+    data: Path,
+    local_run_2: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """``--engine ray`` into ``s3://``: two tasks on a real local Ray instance (started by
+    the job: its workers inherit the AWS environment), committed once, equal to the two
+    part jobs written to a local disk."""
+    pytest.importorskip("ray")
+    url = f"s3://{BUCKET}/w/ray.acts"
+    cfg = _config(
+        tiny_model_dirs["bert"], data, url, tmp_path / "staging", engine="ray", workers=2
+    )
+    result = extract(cfg)
+    assert result.status == "committed"
+    assert str(result.store) == url
+    assert_same(snapshot(download(s3, url, tmp_path / "copy")), local_run_2)
+    assert not [k for k in keys(s3, url) if "/parts/" in k]
