@@ -325,11 +325,27 @@ def test_ray_parts_into_a_bucket(
     part jobs written to a local disk."""
     pytest.importorskip("ray")
     url = f"s3://{BUCKET}/w/ray.acts"
-    cfg = _config(
-        tiny_model_dirs["bert"], data, url, tmp_path / "staging", engine="ray", workers=2
-    )
+    cfg = _config(tiny_model_dirs["bert"], data, url, tmp_path / "staging", engine="ray", workers=2)
     result = extract(cfg)
     assert result.status == "committed"
     assert str(result.store) == url
     assert_same(snapshot(download(s3, url, tmp_path / "copy")), local_run_2)
     assert not [k for k in keys(s3, url) if "/parts/" in k]
+
+
+def test_no_bucket_or_no_server_is_one_line_before_the_model_loads(
+    s3: S3, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model path does not exist: the bucket is checked first."""
+    missing = tmp_path / "no-model"
+    with pytest.raises(StoreError, match=r"cannot read actstore.json in s3://no-such-bucket/x"):
+        extract(_config(missing, data, "s3://no-such-bucket/x", tmp_path / "a"))
+    assert not (tmp_path / "a").exists()
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    with pytest.raises(StoreError, match=rf"on http://127.0.0.1:{port} .*AWS_ENDPOINT_URL"):
+        extract(_config(missing, data, f"s3://{BUCKET}/w/x.acts", tmp_path / "b"))

@@ -87,8 +87,8 @@ def extract_remote(
     staging = Path(config.staging) if config.staging else default_staging(url)
     local = dataclasses.replace(config, store=str(staging), staging=None)
     run = config.run
+    committed, _ = bucket.manifest()  # no bucket, no server: one line before anything
     create_store(staging)
-    committed, _ = bucket.manifest()
     if committed is not None and run in committed["runs"]:
         _mirror_committed(bucket, staging, run, committed)
         bucket.delete(f"{RUNS_DIR}/{run}/{PARTS_DIR}")  # left by a job killed after the PUT
