@@ -156,9 +156,18 @@ def run(path: Path, url: str, args: argparse.Namespace) -> dict[str, Any]:
         for _, x in store.iter_vectors(RUN, SITE, batch_rows=1 << 16):
             x.sum(axis=0, dtype=np.float32)
 
+    it["gn"] = iter(batches.values())
+
+    def gather_new_local() -> dict[str, float]:
+        """The gather on a newly opened local store: like every S3 gather, it checks the
+        CRC32C of every chunk it touches (a memory map remembers checked chunks)."""
+        with actstore.open(path) as fresh:
+            return timed(lambda: fresh.vectors(RUN, SITE, next(it["gn"])))
+
     cases = {
         "gather_s3": lambda: counted(lambda: remote.vectors(RUN, SITE, next(it["g"]))),
         "gather_local": lambda: timed(lambda: local.vectors(RUN, SITE, next(it["gl"]))),
+        "gather_local_new": gather_new_local,
         "near_s3": lambda: counted(lambda: remote.vectors(RUN, SITE, next(it_near["g"]))),
         "near_local": lambda: timed(lambda: local.vectors(RUN, SITE, next(it_near["gl"]))),
         "scan_s3": lambda: counted(lambda: scan(remote)),
@@ -189,6 +198,9 @@ def run(path: Path, url: str, args: argparse.Namespace) -> dict[str, Any]:
             "heads": median([x["heads"] for x in s3]),
             "MB": median([x["MB"] for x in s3]),
         }
+    new_ms = median([x["ms"] for x in got["gather_local_new"]])
+    out["gather"]["local_new_ms"] = new_ms
+    out["gather"]["ratio_new"] = out["gather"]["s3_ms"] / new_ms
     # SQL over the tables: one selective filter, on both copies
     q = "SELECT count(*) FROM tokens WHERE run = ? AND token_id = ?"
     sql = interleave(
@@ -258,6 +270,12 @@ def _print(r: dict[str, Any]) -> None:
         m = r[key]
         gets = f"{m['gets']:>6.0f} {m['MB']:>8.1f}" if "gets" in m else ""
         print(f"{label:<36} {m['s3_ms']:>9.1f} {m['local_ms']:>9.1f} {m['ratio']:>7.1f} {gets}")
+    g = r["gather"]
+    print(
+        f"gather {r['gather_rows']:,} random rows ÷ the same on a newly opened local store "
+        f"(every touched chunk's CRC checked, as S3 does): {g['s3_ms']:.1f} ÷ "
+        f"{g['local_new_ms']:.1f} ms = {g['ratio_new']:.1f}"
+    )
     print(f"upload: {r['upload_s']:.1f} s")
     if "extract" in r:
         e = r["extract"]
