@@ -311,6 +311,13 @@ def test_bad_options_and_bad_objects_are_one_line(
     with pytest.raises(StoreError, match="would leave its folder"):
         extract(_config(model, data, url, tmp_path / "st"))
     assert not (tmp_path / "st" / "escape").exists()
+    # a complete part whose checkpoint lists a file outside its folder
+    url = f"s3://{BUCKET}/w/crafted2.acts"
+    base = "w/crafted2.acts/runs/r/parts/part-0000"
+    bad = {"complete": True, "token_files": ["../../../../../../etc/passwd"], "doc_files": []}
+    put(Bucket=BUCKET, Key=f"{base}/progress.json", Body=json.dumps(bad).encode())
+    with pytest.raises(StoreError, match=r"progress.json is damaged .*'../../../../../../etc/"):
+        extract(_config(model, data, url, tmp_path / "st2"))
 
 
 def test_ray_parts_into_a_bucket(

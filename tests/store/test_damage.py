@@ -384,3 +384,33 @@ def test_damaged_parquet_read_outside_sql_is_one_line(
     meta.write_text("{ not json")
     with pytest.raises(StoreCorruptError, match=str(meta.resolve())):
         read_result(store, "res")
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [
+        {"token_files": ["../../../../../../etc/passwd"]},
+        {"doc_files": ["/abs/docs/000000.parquet"]},
+        {"centroid_file": "centroids/../../x.npz"},
+        {"complete": "yes"},
+    ],
+)
+def test_a_checkpoint_listing_foreign_names_is_refused(
+    tmp_path: Path, listed: dict[str, Any]
+) -> None:
+    """A part's progress.json (a staged part, e.g. one fetched from a bucket) names files
+    of its own folder only: anything else is a one-line error, never a file opened."""
+    from actstore.store.part import load_progress
+
+    folder = tmp_path / "s.acts/runs/r/parts/part-0000"
+    folder.mkdir(parents=True)
+    good = {
+        "complete": True,
+        "token_files": ["tokens/000000.parquet", "tokens/000001-000003.parquet"],
+    }
+    good |= {"doc_files": ["docs/000000.parquet"], "centroid_file": "centroids/000002.npz"}
+    (folder / "progress.json").write_text(json.dumps(good))
+    assert load_progress(tmp_path / "s.acts", "r", 0) == good
+    (folder / "progress.json").write_text(json.dumps(good | listed))
+    with pytest.raises(StoreCorruptError, match=r"progress.json is damaged or was not written"):
+        load_progress(tmp_path / "s.acts", "r", 0)

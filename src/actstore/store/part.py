@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -22,6 +23,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from actstore.errors import StoreCorruptError
 from actstore.store._faults import crash_point
 from actstore.store.arrays import Layout, RowArrayWriter, write_matrix
 from actstore.store.docs import first_records
@@ -98,9 +100,32 @@ def discard_part(store: Path, run: str, index: int) -> None:
         shutil.rmtree(run_dir(store, run), ignore_errors=True)
 
 
+#: The names a checkpoint may list: files of the part's own folder, as the writer names them.
+_LISTED = re.compile(r"(tokens|docs|losses|centroids)/[0-9]{6}(-[0-9]{6})?\.(parquet|npz)")
+
+
 def load_progress(store: Path, run: str, index: int) -> ProgressJSON | None:
-    """The checkpoint of part ``index`` of ``run``, or None if it has none."""
-    data: ProgressJSON | None = load_json(part_dir(store, run, index) / PROGRESS_NAME)
+    """The checkpoint of part ``index`` of ``run``, or None if it has none.
+
+    Raises
+    ------
+    StoreCorruptError
+        It lists a file name the writer never makes (e.g. one leaving the part's folder):
+        names read from disk are checked like names typed.
+    """
+    path = part_dir(store, run, index) / PROGRESS_NAME
+    data: ProgressJSON | None = load_json(path)
+    if data is None:
+        return None
+    listed = [*data.get("token_files", []), *data.get("doc_files", [])]
+    listed += [*data.get("loss_files", []), data.get("centroid_file") or "centroids/000000.npz"]
+    bad = [n for n in listed if not (isinstance(n, str) and _LISTED.fullmatch(n))]
+    if not isinstance(data.get("complete"), bool) or bad:
+        raise StoreCorruptError(
+            f"{path} is damaged or was not written by actstore"
+            + (f" (it lists {bad[0]!r})" if bad else "")
+            + f"; delete the folder {path.parent} and run that shard again"
+        )
     return data
 
 
