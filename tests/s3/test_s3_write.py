@@ -169,40 +169,44 @@ def _cli(
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-@pytest.mark.parametrize(
-    ("crash", "moved"),
-    [
-        ("4", False),  # mid-run, after a few batches
-        ("publish.part", True),  # then resumed on another machine (a fresh staging)
-        ("commit.manifest", False),  # the local commit done, nothing published
-        ("publish.run", False),
-        ("publish.manifest", False),  # visible, the bucket's staging not yet deleted
-    ],
-)
+#: The kill -9 chain: each job resumes what the one before left and is killed at the next
+#: step (a numbered crash point counts every point; a name kills at its first pass).
+CHAIN = [
+    ("a", "4"),  # mid-run, after a few batches
+    ("a", "publish.part"),  # the part uploaded (progress.json last), not committed
+    ("b", "commit.manifest"),  # on another machine: the part fetched, committed locally
+    ("b", "publish.run"),  # the run's files uploaded, the manifest not yet replaced
+    ("b", "publish.manifest"),  # visible; the bucket's staging not yet deleted
+    ("b", None),  # runs to the end
+]
+
+
 def test_killed_then_resumed_against_the_bucket(
     s3: S3,
     tiny_model_dirs: dict[str, Path],
     data: Path,
     local_run: dict[str, Any],
     tmp_path: Path,
-    crash: str,
-    moved: bool,
 ) -> None:
+    """A job killed at every step of writing and publishing, each time resumed (from the
+    second machine's staging after the part was uploaded), ends in the store a local
+    disk gets; the run is invisible until the manifest names it."""
     import signal
 
-    url = f"s3://{BUCKET}/w/kill-{crash}-{moved}.acts"
+    url = f"s3://{BUCKET}/w/kill.acts"
     model = tiny_model_dirs["bert"]
-    proc = _cli(model, data, url, tmp_path / "a", crash)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
-    manifest = keys(s3, url)
-    if crash != "publish.manifest":
-        assert "actstore.json" not in manifest, "the run was visible before its commit"
-    proc = _cli(model, data, url, tmp_path / ("b" if moved else "a"), None)
-    _out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err.decode()[-2000:]
+    for machine, crash in CHAIN:
+        proc = _cli(model, data, url, tmp_path / machine, crash)
+        _, err = proc.communicate(timeout=300)
+        if crash is None:
+            assert proc.returncode == 0, err.decode()[-2000:]
+            break
+        assert proc.returncode == -signal.SIGKILL, f"{crash}: {err.decode()[-2000:]}"
+        visible = "actstore.json" in keys(s3, url)
+        assert visible == (crash == "publish.manifest"), crash
     assert_same(snapshot(download(s3, url, tmp_path / "copy")), local_run)
     assert not [k for k in keys(s3, url) if "/parts/" in k]
+    assert not (tmp_path / "b/runs/r").exists()
 
 
 def test_crash_points_of_publishing_are_passed(
