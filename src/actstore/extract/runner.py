@@ -156,7 +156,9 @@ def extract(
         (:func:`actstore.extract.engine_ray.extract_ray`). An
         :class:`~actstore.extract.optimize.OptimizeConfig` runs an optimisation
         (:func:`~actstore.extract.optimize.optimize`): the same job, with an Adam loop per
-        batch (:mod:`actstore.extract.trajectory`) instead of one forward pass.
+        batch (:mod:`actstore.extract.trajectory`) instead of one forward pass. A
+        ``store`` on object storage (``s3://bucket/prefix``) is written through a local
+        staging store and published (:mod:`actstore.extract._remote`).
     progress : callable or None
         Called with an :class:`~actstore.extract.progress.ExtractProgress` before the
         first batch and after every batch. None: a tqdm bar on stderr (none with
