@@ -352,6 +352,10 @@ def test_no_bucket_or_no_server_is_one_line_before_the_model_loads(
     with pytest.raises(StoreError, match=r"cannot read actstore.json in s3://no-such-bucket/x"):
         extract(_config(missing, data, "s3://no-such-bucket/x", tmp_path / "a"))
     assert not (tmp_path / "a").exists()
+    with pytest.raises(actstore.errors.ActstoreError, match="no-model"):
+        extract(_config(missing, data, f"s3://{BUCKET}/w/no-model.acts", tmp_path / "c"))
+    assert not (tmp_path / "c").exists(), "the job left an empty staging store"
+    assert not keys(s3, f"s3://{BUCKET}/w/no-model.acts")
     import socket
 
     with socket.socket() as sock:

@@ -58,6 +58,7 @@ from actstore.store.manifest import (
     create_store,
     read_manifest,
     read_run_json,
+    remove_store_if_unused,
     update_manifest,
 )
 from actstore.store.part import Progress, load_progress
@@ -85,10 +86,24 @@ def extract_remote(
     assert isinstance(url, ObjectPath)
     bucket = Bucket(url)
     staging = Path(config.staging) if config.staging else default_staging(url)
-    local = dataclasses.replace(config, store=str(staging), staging=None)
-    run = config.run
     committed, _ = bucket.manifest()  # no bucket, no server: one line before anything
     create_store(staging)
+    try:
+        return _extract_remote(config, progress, bucket, staging, committed)
+    except BaseException:
+        remove_store_if_unused(staging)  # a job refused before it staged anything
+        raise
+
+
+def _extract_remote(
+    config: ExtractConfig,
+    progress: Callable[[ExtractProgress], None] | None,
+    bucket: Bucket,
+    staging: Path,
+    committed: ManifestJSON | None,
+) -> ExtractResult:
+    url, run = bucket.root, config.run
+    local = dataclasses.replace(config, store=str(staging), staging=None)
     if committed is not None and run in committed["runs"]:
         _mirror_committed(bucket, staging, run, committed)
         bucket.delete(f"{RUNS_DIR}/{run}/{PARTS_DIR}")  # left by a job killed after the PUT
