@@ -248,16 +248,19 @@ def plain_loop(
     return _user_loop(lm, texts, batch_tokens, layers, out_dir, window, forward)
 
 
-def nnsight_model(lm: Any) -> Any:
-    """``nnsight.NNsight`` around the loaded MiniLM's ``BertModel`` (its layers' submodules
-    named ``output`` make nnsight warn once per layer; silenced)."""
+def nnsight_model(model: str, device: str) -> Any:
+    """``nnsight.NNsight`` around a MiniLM ``BertModel`` loaded for it alone, so that the
+    model the other loops run is never wrapped (its layers' submodules named ``output``
+    make nnsight warn once per layer; silenced)."""
     import warnings
 
     import nnsight
 
+    from actstore.extract.model import load_model
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return nnsight.NNsight(lm.base)
+        return nnsight.NNsight(load_model(model, device=device).base)
 
 
 def nnsight_loop(
@@ -687,7 +690,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             "plain_one": plain("plain_one", one_layer),
         }
         if has_nnsight:
-            nn_model = nnsight_model(lm)
+            nn_model = nnsight_model(model, args.device)
 
             def nns(name: str, layers: list[int]) -> Any:
                 def go() -> dict[str, float]:
