@@ -18,7 +18,9 @@ sentences (1-6 sentences a doc, every text distinct) and measures, in one proces
     dependency of actstore: (n) runs when ``nnsight`` is installed (``--no-nnsight`` skips it).
 
 The model is loaded once up front (weights in the page cache); bare loop and extractions
-are interleaved for ``--repeats`` rounds and medians are reported. Each extraction writes
+are interleaved for ``--repeats`` rounds and medians are reported. The baselines run in this
+process after ``extract()``, which leaves glibc's mmap threshold at 1 MiB, so they carry
+that allocator setting too (benchmarks/RESULTS.md, "Against nnsight"). Each extraction writes
 a fresh store in a temporary folder. Prints markdown tables and writes JSON.
 
     python benchmarks/extract.py                       # 2,000 docs, about 8 min on 2 cores

@@ -23,20 +23,21 @@ Both include tokenizing; ``extract()``'s model load is subtracted. The SAELens s
 in a fresh interpreter each round (its start and model load not timed), because
 ``extract()`` sets glibc's mmap threshold to 1 MiB for the rest of its process (to return
 freed batch buffers to the OS), which also slows any loop run after it in that process;
-the same loop run in this process is reported beside it. Rounds are interleaved (``--repeats``), medians.
-The headline is seconds **per token** (actstore's real tokens; SAELens's windowed tokens),
-actstore ÷ SAELens-style (target ≤ 1.0). What differs: SAELens packs docs into fixed
-windows that span doc boundaries (it also puts a BOS between docs; here the tokens are
-packed as they are, so that both sides see the same tokens), so it has no padding and no
-attention mask, and it keeps the last partial window's tokens out; actstore runs each doc
-on its own (positions from 0, padding masked), keeps every token, and also writes per-token
-metadata. SAELens writes each buffer of 20 batches as an Arrow shard through ``datasets``;
-one ``np.save`` per batch here is the leaner of the two. With ``--long`` docs are 80-160
-sentences and actstore cuts them into windows of ``--context`` tokens with no overlap
-(``long_docs="window"``, ``window_overlap=0``): nearly the same sequences as SAELens's.
+the same loop run in this process is reported beside it. Rounds are interleaved
+(``--repeats``), medians. The headline is seconds **per token** (actstore's real tokens;
+SAELens's windowed tokens), actstore ÷ SAELens-style (target ≤ 1.0). What differs: SAELens
+packs docs into fixed windows that span doc boundaries (it also puts a BOS between docs;
+here the tokens are packed as they are, so that both sides see the same tokens), so it has
+no padding and no attention mask, and it keeps the last partial window's tokens out;
+actstore runs each doc on its own (positions from 0, padding masked), keeps every token,
+and also writes per-token metadata. SAELens writes each buffer of 20 batches as an Arrow
+shard through ``datasets``; one ``np.save`` per batch here is the leaner of the two. With
+``--long`` docs are 80-160 sentences and actstore cuts them into windows of ``--context``
+tokens with no overlap (``long_docs="window"``, ``window_overlap=0``): nearly the same
+sequences as SAELens's.
 
     python benchmarks/one_site.py                 # 4,000 short docs, 3 rounds
-    python benchmarks/one_site.py --long --docs 200
+    python benchmarks/one_site.py --long --docs 60
     python benchmarks/one_site.py --docs 200 --repeats 1   # quick check
 """
 
