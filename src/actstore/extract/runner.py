@@ -313,7 +313,6 @@ def _extract(
         shard=config.shard,
         num_shards=config.num_shards,
     )
-    _return_freed_memory_to_os()
     try:
         rest = run_pools(
             pools,
@@ -465,24 +464,6 @@ def _commit(config: ExtractConfig, progress: Progress, seconds: float) -> Extrac
         seconds,
         result,
     )
-
-
-def _return_freed_memory_to_os() -> None:
-    """Serve large allocations from mmap so that freed batch buffers go back to the OS.
-
-    glibc keeps freed blocks below its adaptive mmap threshold in the heap; batches of
-    many shapes then fragment it, and peak RSS grew with corpus size (1.5 GiB at 2,000
-    MiniLM docs, 2.3 GiB at 8,000). A fixed 1 MiB threshold keeps it flat. Linux/glibc
-    only; elsewhere nothing happens.
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
 def _describe(lm: Any, site: Any) -> str:
