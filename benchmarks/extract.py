@@ -19,9 +19,10 @@ sentences (1-6 sentences a doc, every text distinct) and measures, in one proces
 
 The model is loaded once up front (weights in the page cache); bare loop and extractions
 are interleaved for ``--repeats`` rounds and medians are reported. The baselines run in this
-process after ``extract()``, which leaves glibc's mmap threshold at 1 MiB, so they carry
-that allocator setting too (benchmarks/RESULTS.md, "Against nnsight"). Each extraction writes
-a fresh store in a temporary folder. Prints markdown tables and writes JSON.
+process after ``extract()``; since ``extract()`` trims freed memory instead of setting
+glibc's mmap threshold (which slowed every loop run after it), they run at their own speed
+(benchmarks/RESULTS.md, "Against nnsight"). Each extraction writes a fresh store in a
+temporary folder. Prints markdown tables and writes JSON.
 
     python benchmarks/extract.py                       # 2,000 docs, about 8 min on 2 cores
     python benchmarks/extract.py --docs 200 --repeats 1  # quick check

@@ -19,19 +19,18 @@ residual stream after block 1, i.e. ``hidden.2`` (SAELens: ``blocks.1.hook_resid
   and again with ``batch_tokens`` = ``--context`` x ``--batch`` (4,096: the tokens the
   SAELens side runs a forward), which takes the batch size out of the comparison.
 
-Both include tokenizing; ``extract()``'s model load is subtracted. The SAELens side runs
-in a fresh interpreter each round (its start and model load not timed), because
-``extract()`` sets glibc's mmap threshold to 1 MiB for the rest of its process (to return
-freed batch buffers to the OS), which also slows any loop run after it in that process;
-the same loop run in this process is reported beside it. Rounds are interleaved
-(``--repeats``), medians. The headline is seconds **per token** (actstore's real tokens;
-SAELens's windowed tokens), actstore ÷ SAELens-style (target ≤ 1.0). What differs: SAELens
-packs docs into fixed windows that span doc boundaries (it also puts a BOS between docs;
-here the tokens are packed as they are, so that both sides see the same tokens), so it has
-no padding and no attention mask, and it keeps the last partial window's tokens out;
-actstore runs each doc on its own (positions from 0, padding masked), keeps every token,
-and also writes per-token metadata. SAELens writes each buffer of 20 batches as an Arrow
-shard through ``datasets``; one ``np.save`` per batch here is the leaner of the two. With
+Both include tokenizing; ``extract()``'s model load is subtracted. The SAELens side runs in
+a fresh interpreter each round (its start and model load not timed): ``extract()`` once set
+glibc's mmap threshold to 1 MiB for the rest of its process, which slowed any loop run after
+it; the same loop run in this process is reported beside it (now level). Rounds are
+interleaved (``--repeats``), medians. The headline is seconds **per token** (actstore's real
+tokens; SAELens's windowed tokens), actstore ÷ SAELens-style (target ≤ 1.0). What differs:
+SAELens packs docs into fixed windows that span doc boundaries (it also puts a BOS between
+docs; here the tokens are packed as they are, so that both sides see the same tokens), so it
+has no padding and no attention mask, and it keeps the last partial window's tokens out;
+actstore runs each doc on its own (positions from 0, padding masked), keeps every token, and
+also writes per-token metadata. SAELens writes each buffer of 20 batches as an Arrow shard
+through ``datasets``; one ``np.save`` per batch here is the leaner of the two. With
 ``--long`` docs are 80-160 sentences and actstore cuts them into windows of ``--context``
 tokens with no overlap (``long_docs="window"``, ``window_overlap=0``): nearly the same
 sequences as SAELens's.
@@ -229,7 +228,7 @@ def report(res: dict[str, Any]) -> str:
         ],
         [
             "actstore defaults ÷ the SAELens-style loop run in the benchmark's own process "
-            "(after extract() set glibc's mmap threshold)",
+            "(after extract())",
             f"{r['per_token_vs_same_process']:.3f}",
             "",
             "",

@@ -1,0 +1,126 @@
+"""Benchmark how an extraction hands freed memory back: speed and peak RSS, A/B.
+
+Each round runs the same extraction (the bundled MiniLM, every hidden state, float16,
+over ``--docs`` seeded demo docs, see ``extract.py``) in a fresh process per mode,
+interleaved, and reports the median wall time, forward time (run.json ``forward_s``) and
+the largest peak RSS (``ru_maxrss``) per mode:
+
+* ``trim``: what ``extract()`` does (``malloc_trim(0)`` after batches, at most every
+  0.25 s);
+* ``mmap1``: the former setting, glibc's ``M_MMAP_THRESHOLD`` fixed at 1 MiB and no trim;
+* ``none``: neither (glibc's adaptive defaults).
+
+    python benchmarks/allocator.py --docs 2000 --repeats 3
+    python benchmarks/allocator.py --docs 8000 --repeats 1 --modes trim,mmap1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import command_line, machine_info, median, now_iso, write_json
+
+from extract import write_corpus
+
+OUT = Path(__file__).parent / "out"
+
+
+def child(mode: str, data: str, store: str) -> None:
+    """One extraction in this process with allocator ``mode``; prints its figures."""
+    import ctypes
+
+    import actstore.extract._pipeline as pipeline
+
+    libc = ctypes.CDLL("libc.so.6")
+    if mode in ("mmap1", "none"):
+        pipeline._TRIM = None
+    if mode == "mmap1":
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    from actstore._demo import minilm_path
+    from actstore.extract.config import ExtractConfig
+    from actstore.extract.runner import extract
+
+    config = ExtractConfig(
+        model=str(minilm_path()),
+        data=data,
+        store=store,
+        run="b",
+        sites="all",
+        dtype="float16",
+        device="cpu",
+        quiet=True,
+    )
+    t0 = time.perf_counter()
+    result = extract(config)
+    out = {
+        "wall_s": time.perf_counter() - t0,
+        "forward_s": (result.run_json or {}).get("timings", {}).get("forward_s"),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    print(json.dumps(out))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--docs", type=int, default=2000, help="docs (default 2000)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--modes", default="trim,mmap1,none", help="comma-separated modes")
+    p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    modes = args.modes.split(",")
+    tmp = Path(tempfile.mkdtemp(dir=OUT if OUT.is_dir() else None))
+    try:
+        data = write_corpus(tmp / "corpus.jsonl", args.docs, 0)
+        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+        for k in range(args.repeats):
+            for mode in modes if k % 2 == 0 else modes[::-1]:
+                store = tmp / f"{mode}.acts"
+                shutil.rmtree(store, ignore_errors=True)
+                cmd = [sys.executable, __file__, "--child", mode, str(data), str(store)]
+                env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+                done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+                runs[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                print(f"  {mode}: {runs[mode][-1]}", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rows = {
+        m: {
+            "wall_s": median([r["wall_s"] for r in v]),
+            "forward_s": median([r["forward_s"] for r in v]),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in v),
+        }
+        for m, v in runs.items()
+    }
+    print(f"\n{args.docs:,} docs, {args.repeats} interleaved rounds, medians (RSS: the largest)")
+    print(f"{'mode':<8} {'wall s':>8} {'forward s':>10} {'peak RSS MB':>12}")
+    for m, r in rows.items():
+        print(f"{m:<8} {r['wall_s']:>8.2f} {r['forward_s']:>10.2f} {r['peak_rss_mb']:>12.0f}")
+    OUT.mkdir(exist_ok=True)
+    write_json(
+        OUT / f"allocator-{args.docs}.json",
+        {
+            "docs": args.docs,
+            "modes": rows,
+            "runs": runs,
+            "machine": machine_info(),
+            "command": command_line(),
+            "when": now_iso(),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
