@@ -5,13 +5,13 @@ over ``--docs`` seeded demo docs, see ``extract.py``) in a fresh process per mod
 interleaved, and reports the median wall time, forward time (run.json ``forward_s``) and
 the largest peak RSS (``ru_maxrss``) per mode:
 
-* ``trim``: what ``extract()`` does (``malloc_trim(0)`` after batches, at most every
-  0.25 s);
-* ``mmap1``: the former setting, glibc's ``M_MMAP_THRESHOLD`` fixed at 1 MiB and no trim;
+* ``flat``: what ``extract()`` does (glibc's ``M_MMAP_THRESHOLD`` at 1 MiB while the pools
+  run, so freed batch buffers go back to the OS; 32 MiB afterwards);
+* ``trim``: no threshold, ``malloc_trim(0)`` every 0.25 s from a thread instead;
 * ``none``: neither (glibc's adaptive defaults).
 
     python benchmarks/allocator.py --docs 2000 --repeats 3
-    python benchmarks/allocator.py --docs 8000 --repeats 1 --modes trim,mmap1
+    python benchmarks/allocator.py --docs 8000 --repeats 1 --modes flat,trim
 """
 
 from __future__ import annotations
@@ -37,15 +37,23 @@ OUT = Path(__file__).parent / "out"
 
 def child(mode: str, data: str, store: str) -> None:
     """One extraction in this process with allocator ``mode``; prints its figures."""
+    import contextlib
     import ctypes
+    import threading
 
-    import actstore.extract._pipeline as pipeline
+    from actstore.extract import runner
 
     libc = ctypes.CDLL("libc.so.6")
-    if mode in ("mmap1", "none"):
-        pipeline._TRIM = None
-    if mode == "mmap1":
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    if mode in ("trim", "none"):
+        runner._flat_memory = contextlib.nullcontext  # type: ignore[assignment]
+    if mode == "trim":
+
+        def trim() -> None:
+            while True:
+                time.sleep(0.25)
+                libc.malloc_trim(0)
+
+        threading.Thread(target=trim, daemon=True).start()
     from actstore._demo import minilm_path
     from actstore.extract.config import ExtractConfig
     from actstore.extract.runner import extract
@@ -74,7 +82,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--docs", type=int, default=2000, help="docs (default 2000)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
-    p.add_argument("--modes", default="trim,mmap1,none", help="comma-separated modes")
+    p.add_argument("--modes", default="flat,trim,none", help="comma-separated modes")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:

@@ -379,3 +379,63 @@ def test_no_matrices_stores_the_run_without_them(
         ]
         is False
     )
+
+
+def _mmapped_blocks() -> int:
+    """glibc's count of blocks served by mmap (``mallinfo2().hblks``)."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MallInfo2
+    return int(libc.mallinfo2().hblks)
+
+
+def test_large_allocations_leave_mmap_after_the_job(
+    tiny_model_dirs: dict[str, Path], corpus: Path, tmp_path: Path
+) -> None:
+    """During the pools glibc serves blocks over 1 MiB by mmap (flat peak RSS); after the
+    job a 4 MiB block comes from the heap again, so code run after ``extract()`` is not
+    slowed by fresh zero-filled mappings."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    try:
+        _mmapped_blocks()
+    except (OSError, AttributeError):
+        pytest.skip("no glibc mallinfo2")
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+
+    def mmapped_after_malloc(nbytes: int) -> bool:
+        before = _mmapped_blocks()
+        block = libc.malloc(nbytes)
+        grew = _mmapped_blocks() > before
+        libc.free(block)
+        return grew
+
+    from actstore.extract import runner
+
+    with runner._flat_memory():
+        assert mmapped_after_malloc(4 << 20)  # the test sees what the job sets
+    run(tiny_model_dirs["gpt2"], corpus, tmp_path / "s.acts", sites="hidden.1")
+    assert not mmapped_after_malloc(4 << 20)

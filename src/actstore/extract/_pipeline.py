@@ -31,32 +31,6 @@ from actstore.store.part import PartWriter, Progress
 __all__ = ["PipelineTimes", "docs_table", "run_pools"]
 
 _QUEUE_BATCHES = 4  # batches in flight between the device and the writer thread
-_TRIM_SECONDS = 0.25  # at most this often, freed memory goes back to the OS
-
-
-def _malloc_trim() -> Callable[[int], object] | None:
-    """glibc's ``malloc_trim(0)``: hand the free pages of every malloc arena back to the
-    OS. None where there is no glibc.
-
-    Batches of many shapes, freed on other threads than they were made on, leave free
-    memory in several arenas that glibc keeps (peak RSS grew with the corpus: 1.26 GB at
-    2,000 MiniLM docs, 2.08 GB at 8,000). Trimming after batches keeps it near flat
-    without what the fixed 1 MiB mmap threshold used before cost: every large temporary
-    a fresh zero-filled mapping, 25 % of the forward's time, for the rest of the process.
-    """
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        trim: Callable[[int], object] = ctypes.CDLL("libc.so.6").malloc_trim
-        return trim
-    except (OSError, AttributeError):
-        return None
-
-
-_TRIM = _malloc_trim()
 
 
 @dataclass(frozen=True)
@@ -286,7 +260,7 @@ def run_pools(
                 done_tokens = sum(len(sg.ids) for b in pool.batches[:skip] for sg in b)
                 span = pool.consumed - records
                 loop.begin_pool(pool)
-                last = trimmed = time.perf_counter()
+                last = time.perf_counter()
                 for i in range(skip, len(pool.batches)):
                     t0 = time.perf_counter()
                     batch = pool.batches[i]
@@ -301,9 +275,6 @@ def run_pools(
                     rows += sum(sg.n_keep for sg in batch)
                     now = time.perf_counter()
                     clock.forward_s += now - t0
-                    if _TRIM is not None and now - trimmed >= _TRIM_SECONDS:
-                        _TRIM(0)
-                        trimmed = time.perf_counter()
                     if now - last >= checkpoint_seconds and i + 1 < len(pool.batches):
                         loop.check_overflow(counts)  # no durable row may hide an overflow
                         durable = rows
