@@ -158,14 +158,14 @@ def test_parts_on_two_machines_commit_once(
 
 
 def _cli(
-    model: Path, data: Path, url: str, staging: Path, crash: str | None
+    model: Path, data: Path, url: str, staging: Path, crash: str | None, *extra: str
 ) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.pop("ACTSTORE_CRASH_AT", None)
     if crash is not None:
         env["ACTSTORE_CRASH_AT"] = crash
     cmd = [sys.executable, "-m", "actstore.cli", "extract", "--model", str(model)]
-    cmd += ["--data", str(data), "--store", url, "--staging", str(staging), *ARGS]
+    cmd += ["--data", str(data), "--store", url, "--staging", str(staging), *ARGS, *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -209,6 +209,32 @@ def test_killed_then_resumed_against_the_bucket(
     assert not (tmp_path / "b/runs/r").exists()
 
 
+def test_a_part_completed_by_a_dead_job_is_uploaded_by_the_committer(
+    s3: S3,
+    tiny_model_dirs: dict[str, Path],
+    data: Path,
+    local_run_2: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """Two shards share one staging folder; shard 0's job dies after its part is complete
+    there but before its upload. Shard 1's job must not commit a run without part 0's
+    arrays: it uploads part 0 itself (its lock is free) and then commits."""
+    import signal
+
+    url = f"s3://{BUCKET}/w/dead.acts"
+    model = tiny_model_dirs["bert"]
+    shared = tmp_path / "shared"
+    proc = _cli(model, data, url, shared, "publish.start", "--num-shards", "2", "--shard", "0")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    assert not [k for k in keys(s3, url) if "part-0000" in k]  # nothing of it uploaded
+    proc = _cli(model, data, url, shared, None, "--num-shards", "2", "--shard", "1")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert "committed" in (out + err).decode()
+    assert_same(snapshot(download(s3, url, tmp_path / "copy")), local_run_2)
+
+
 def test_crash_points_of_publishing_are_passed(
     s3: S3, tiny_model_dirs: dict[str, Path], data: Path, tmp_path: Path
 ) -> None:
@@ -222,6 +248,7 @@ def test_crash_points_of_publishing_are_passed(
     finally:
         _faults.arm(None)
     assert names == [
+        "publish.start",
         "publish.part",
         "commit.manifest",
         "publish.commit",

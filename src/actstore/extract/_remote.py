@@ -29,8 +29,9 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from actstore.errors import ActstoreError, StoreCorruptError
+from actstore.errors import ActstoreError, RunExistsError, StoreCorruptError
 from actstore.extract.config import ExtractConfig
 from actstore.extract.progress import ExtractProgress
 from actstore.extract.runner import ExtractResult, extract_local
@@ -42,6 +43,7 @@ from actstore.store.commit import try_commit
 from actstore.store.format import (
     ARRAYS_DIR,
     DOCS_DIR,
+    PART_META_NAME,
     PARTS_DIR,
     PROGRESS_NAME,
     RUNS_DIR,
@@ -61,7 +63,7 @@ from actstore.store.manifest import (
     remove_store_if_unused,
     update_manifest,
 )
-from actstore.store.part import Progress, load_progress
+from actstore.store.part import Progress, load_progress, read_part_meta
 
 __all__ = ["commit_remote", "default_staging", "extract_remote"]
 
@@ -111,9 +113,19 @@ def _extract_remote(
         _fetch_part(bucket, staging, run, config.shard)
 
     def publish(cfg: ExtractConfig, prog: Progress, seconds: float) -> ExtractResult:
-        _upload_part(bucket, staging, run, cfg.shard, prog)
-        crash_point("publish.part")
-        status, run_json = _commit(bucket, staging, run, cfg.num_shards)
+        crash_point("publish.start")
+        manifest, _ = bucket.manifest()
+        if manifest is not None and run in manifest["runs"]:
+            # committed meanwhile by jobs elsewhere: never upload over a committed run
+            run_json = _bucket_run_json(bucket, run)
+            _check_identity(bucket, staging, run, cfg.shard, run_json, "the committed run")
+            status = "already-committed"
+        else:
+            theirs, _ = bucket.get_json(_part_rel(run, cfg.shard, PART_META_NAME))
+            _check_identity(bucket, staging, run, cfg.shard, theirs, "its part in the bucket")
+            _upload_part(bucket, staging, run, cfg.shard)
+            crash_point("publish.part")
+            status, run_json = _commit(bucket, staging, run, cfg.num_shards, own=cfg.shard)
         return ExtractResult(
             url, run, cfg.shard, status, prog["rows"], prog["counts"], seconds, run_json
         )
@@ -123,8 +135,10 @@ def _extract_remote(
         manifest, _ = bucket.manifest()
         if manifest is None or run not in manifest["runs"]:
             # committed in the staging store by a job killed before it published the run
-            _, run_json = _publish_run(bucket, staging, run)
-            result = dataclasses.replace(result, run_json=run_json or result.run_json)
+            status, run_json = _publish_run(bucket, staging, run)
+            result = dataclasses.replace(
+                result, status=status, run_json=run_json or result.run_json
+            )
     if result.status != "part-complete":
         with contextlib.suppress(ActstoreError):  # a local job may be starting on it
             drop_run(staging, run)
@@ -189,6 +203,7 @@ def _download_part(bucket: Bucket, staging: Path, run: str, index: int) -> None:
     never be uploaded over the bucket's). The caller holds the part's lock."""
     shutil.rmtree(run_dir(staging, run) / ARRAYS_DIR / part_name(index), ignore_errors=True)
     dest = run_dir(staging, run) / PARTS_DIR / part_name(index)
+    shutil.rmtree(dest, ignore_errors=True)  # no file of an earlier attempt stays beside it
     bucket.download(_part_rel(run, index), dest, last=PROGRESS_NAME)
 
 
@@ -210,7 +225,7 @@ def _files(folder: Path, rel: str) -> Iterator[tuple[Path, str]]:
             yield path, f"{rel}/{path.relative_to(folder).as_posix()}"
 
 
-def _upload_part(bucket: Bucket, staging: Path, run: str, shard: int, prog: Progress) -> None:
+def _upload_part(bucket: Bucket, staging: Path, run: str, shard: int) -> None:
     """Upload part ``shard``'s objects: its arrays (and part 0 the run's matrices), its
     staging files, and its ``progress.json`` last."""
     rdir = run_dir(staging, run)
@@ -228,24 +243,56 @@ def _upload_part(bucket: Bucket, staging: Path, run: str, shard: int, prog: Prog
     )
 
 
-def _commit(bucket: Bucket, staging: Path, run: str, num_parts: int) -> tuple[str, RunJSON | None]:
+def _check_identity(
+    bucket: Bucket, staging: Path, run: str, shard: int, theirs: Any, what: str
+) -> None:
+    """Raise :class:`~actstore.errors.RunExistsError` if ``theirs`` (a ``run.json`` or a
+    part's ``meta.json`` from the bucket, or None) was written with other options than
+    this job's part."""
+    meta = read_part_meta(staging, run, shard)
+    if not isinstance(theirs, dict) or meta is None:
+        return
+    if theirs.get("identity") != meta["identity"]:
+        raise RunExistsError(
+            f"run {run!r} in {bucket.root}: {what} was written with other options than this "
+            f"job's part {shard} (a job elsewhere, meanwhile); nothing was uploaded. Re-run "
+            "with the same arguments, or pick another --run name"
+        )
+
+
+def _commit(
+    bucket: Bucket, staging: Path, run: str, num_parts: int, own: int | None = None
+) -> tuple[str, RunJSON | None]:
     """Commit the run in the bucket if every part is complete there (see the module
-    docstring); the status as :func:`~actstore.store.commit.try_commit` says it."""
+    docstring); the status as :func:`~actstore.store.commit.try_commit` says it.
+
+    ``own`` is the part this job holds the lock of and has just uploaded. A part complete
+    in the staging store but not in the bucket (its job died before its upload, or is
+    uploading now) is uploaded here if its lock is free, else the run waits for it.
+    """
     manifest, _ = bucket.manifest()
     if manifest is not None and run in manifest["runs"]:
         return "already-committed", _bucket_run_json(bucket, run)
     for k in range(num_parts):
-        local = load_progress(staging, run, k)
-        if local is not None and local["complete"]:
-            continue
         remote, _ = bucket.get_json(_part_rel(run, k, PROGRESS_NAME))
-        if not (isinstance(remote, dict) and remote.get("complete") is True):
-            return _waiting(bucket, run)
-        lock = try_lock_part(staging, run, k, purpose="fetch")
+        in_bucket = isinstance(remote, dict) and remote.get("complete") is True
+        local = load_progress(staging, run, k)
+        here = local is not None and local["complete"]
+        if in_bucket and (here or k == own):
+            continue
+        if k == own:
+            return _waiting(bucket, run)  # its staging was deleted by a committer meanwhile
+        lock = try_lock_part(staging, run, k, purpose="publish")
         if lock is None:
             return "part-complete", None  # a local job is writing part k: it commits
         with lock:
-            _download_part(bucket, staging, run, k)
+            local = load_progress(staging, run, k)
+            if local is not None and local["complete"] and not in_bucket:
+                _upload_part(bucket, staging, run, k)  # its job died before uploading it
+            elif in_bucket:
+                _download_part(bucket, staging, run, k)
+            else:
+                return _waiting(bucket, run)
     status, _ = try_commit(staging, run, num_parts)
     if status == "part-complete":
         return _waiting(bucket, run)
@@ -294,13 +341,19 @@ def _publish_run(bucket: Bucket, staging: Path, run: str) -> tuple[str, RunJSON 
     bucket.upload(files)
     crash_point("publish.run")
 
+    mine = False
+
     def add(manifest: ManifestJSON) -> bool:
+        nonlocal mine
         if run in manifest["runs"]:
-            return False  # another job committed it (from the same parts)
+            # another job committed it (from the same parts), or this job's PUT landed
+            # and only its answer was lost (then the entry is this one)
+            mine = manifest["runs"][run] == entry
+            return False
         manifest["runs"][run] = entry
         return True
 
-    status = "committed" if bucket.update_manifest(add) else "already-committed"
+    status = "committed" if bucket.update_manifest(add) or mine else "already-committed"
     crash_point("publish.manifest")
     bucket.delete(f"{RUNS_DIR}/{run}/{PARTS_DIR}")
     return status, run_json if status == "committed" else _bucket_run_json(bucket, run)

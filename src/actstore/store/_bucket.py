@@ -85,16 +85,19 @@ class Bucket:
         self.name, _, self.prefix = root.key.partition("/")
         host, scheme = _endpoint()
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        self.client: Any = boto3.session.Session().client(
-            "s3",
-            region_name=region,
-            endpoint_url=f"{scheme}://{host}" if host else None,
-            config=Config(
-                retries={"max_attempts": 5, "mode": "standard"},
-                s3={"addressing_style": "path"},
-                max_pool_connections=2 * _THREADS,
-            ),
-        )
+        try:
+            self.client: Any = boto3.session.Session().client(
+                "s3",
+                region_name=region,
+                endpoint_url=f"{scheme}://{host}" if host else None,
+                config=Config(
+                    retries={"max_attempts": 5, "mode": "standard"},
+                    s3={"addressing_style": "path"},
+                    max_pool_connections=2 * _THREADS,
+                ),
+            )
+        except Exception as e:  # a malformed endpoint URL, a region botocore refuses
+            raise self._error(e, "connect") from e
 
     def key(self, rel: str) -> str:
         """The object key of ``rel`` (a path relative to the store)."""
@@ -110,11 +113,12 @@ class Bucket:
         )
 
     def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return fn(**kwargs)
-        except (ClientError, BotoCoreError) as e:
+        except (ClientError, BotoCoreError, Boto3Error, OSError) as e:
             raise self._error(e, what) from e
 
     # ------------------------------------------------------------------ small objects
@@ -125,13 +129,13 @@ class Bucket:
 
         try:
             got = self.client.get_object(Bucket=self.name, Key=self.key(rel))
+            body = got["Body"].read()
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None, None
             raise self._error(e, f"read {rel}") from e
-        except BotoCoreError as e:
+        except (BotoCoreError, OSError) as e:
             raise self._error(e, f"read {rel}") from e
-        body = got["Body"].read()
         try:
             return json.loads(body), str(got["ETag"])
         except ValueError as e:
@@ -203,7 +207,11 @@ class Bucket:
         paginator = self.client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.name, Prefix=base):
-                names.extend(safe_relative(o["Key"][len(base) :]) for o in page.get("Contents", []))
+                names.extend(
+                    safe_relative(o["Key"][len(base) :])
+                    for o in page.get("Contents", [])
+                    if not o["Key"].endswith("/")  # a "folder" marker, no object of ours
+                )
         except Exception as e:
             if isinstance(e, StoreError):
                 raise
