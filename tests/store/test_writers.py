@@ -393,3 +393,32 @@ def test_an_unused_new_store_is_removed_only_when_no_job_uses_it(tmp_path: Path,
     write_synthetic_run(store, "r", n_docs=2, tokens_per_doc=3, d=4, vocab_size=10)
     assert not remove_store_if_unused(store)
     assert list(read_manifest(store)["runs"]) == ["r"]
+
+
+def test_a_resumed_part_removes_zarr_temp_files_of_a_killed_writer(tmp_path: Path) -> None:
+    """zarr writes metadata as ``<name>.<uuid>.partial`` and renames it; a writer killed in
+    between leaves the temp file, which the resumed part deletes (the committed run holds
+    only its own files)."""
+    import numpy as np
+
+    from actstore.store.arrays import Layout
+    from actstore.store.manifest import create_store
+    from actstore.store.part import PartWriter
+
+    store = tmp_path / "s.acts"
+    create_store(store)
+    kw: dict[str, Any] = {"sites": {"hidden.0": 4}, "dtype": "float32", "layout": Layout(4, 8)}
+    part = PartWriter(store, "r", 0, resume=None, **kw)
+    tokens = {
+        k: np.zeros(3, t)
+        for k, t in (("doc_id", np.int64), ("pos", np.int32), ("token_id", np.int32))
+    }
+    tokens |= {"start": np.zeros(3, np.int32), "end": np.zeros(3, np.int32)}
+    tokens |= {"special": np.zeros(3, bool)}
+    part.add_batch({"hidden.0": np.ones((3, 4), np.float32)}, tokens)
+    progress = part.checkpoint(consumed=1, counts={}, timings={})
+    debris = store / "runs/r/arrays/part-0000/hidden.0/zarr.0123abcd.partial"
+    debris.write_text("{")
+    PartWriter(store, "r", 0, resume=progress, **kw)
+    assert not debris.exists()
+    assert (store / "runs/r/arrays/part-0000/hidden.0/zarr.json").is_file()
