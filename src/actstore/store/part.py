@@ -202,8 +202,7 @@ class PartWriter:
         (self.dir / TOKENS_DIR).mkdir(parents=True, exist_ok=True)
         (self.dir / DOCS_DIR).mkdir(parents=True, exist_ok=True)
         self._remove_debris(resume)
-        # zarr writes metadata through a temp file "<name>.<uuid>.partial" and renames it:
-        # a writer killed in between leaves one beside the part's arrays
+        # zarr's metadata temp files ("<name>.<uuid>.partial") left by a killed writer
         for tmp in (self.arrays_root / part_name(index)).glob("**/*.partial"):
             tmp.unlink(missing_ok=True)
         self.progress = resume
