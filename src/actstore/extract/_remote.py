@@ -68,10 +68,12 @@ from actstore.store.part import Progress, load_progress, read_part_meta
 __all__ = ["commit_remote", "default_staging", "extract_remote"]
 
 
-def default_staging(url: ObjectPath) -> Path:
+def default_staging(url: ObjectPath, staging: str | None = None) -> Path:
     """Where a job writes the parts of the store ``url`` before uploading them:
-    ``$ACTSTORE_STAGING/BUCKET/PREFIX``, else ``~/.cache/actstore/staging/BUCKET/PREFIX``
-    (under ``$XDG_CACHE_HOME`` when set)."""
+    ``staging`` if given, else ``$ACTSTORE_STAGING/BUCKET/PREFIX``, else
+    ``~/.cache/actstore/staging/BUCKET/PREFIX`` (under ``$XDG_CACHE_HOME`` when set)."""
+    if staging:
+        return Path(staging)
     base = os.environ.get("ACTSTORE_STAGING")
     if not base:
         cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -87,7 +89,7 @@ def extract_remote(
     url = store_path(config.store)
     assert isinstance(url, ObjectPath)
     bucket = Bucket(url)
-    staging = Path(config.staging) if config.staging else default_staging(url)
+    staging = default_staging(url, config.staging)
     committed, _ = bucket.manifest()  # no bucket, no server: one line before anything
     create_store(staging)
     try:
@@ -114,8 +116,7 @@ def _extract_remote(
 
     def publish(cfg: ExtractConfig, prog: Progress, seconds: float) -> ExtractResult:
         crash_point("publish.start")
-        manifest, _ = bucket.manifest()
-        if manifest is not None and run in manifest["runs"]:
+        if _committed(bucket, run):
             # committed meanwhile by jobs elsewhere: never upload over a committed run
             run_json = _bucket_run_json(bucket, run)
             _check_identity(bucket, staging, run, cfg.shard, run_json, "the committed run")
@@ -131,17 +132,13 @@ def _extract_remote(
         )
 
     result = extract_local(local, progress, publish)
-    if result.store != url:  # the staging store said "committed" before the model ran
-        manifest, _ = bucket.manifest()
-        if manifest is None or run not in manifest["runs"]:
-            # committed in the staging store by a job killed before it published the run
-            status, run_json = _publish_run(bucket, staging, run)
-            result = dataclasses.replace(
-                result, status=status, run_json=run_json or result.run_json
-            )
+    # the staging store said "committed" before the model ran, and the bucket lacks the run:
+    # committed there by a job killed before it published the run
+    if result.store != url and not _committed(bucket, run):
+        status, run_json = _publish_run(bucket, staging, run)
+        result = dataclasses.replace(result, status=status, run_json=run_json or result.run_json)
     if result.status != "part-complete":
-        with contextlib.suppress(ActstoreError):  # a local job may be starting on it
-            drop_run(staging, run)
+        _forget(staging, run)
     return dataclasses.replace(result, store=url)
 
 
@@ -151,13 +148,37 @@ def commit_remote(
     """``actstore commit`` of a run in the object store ``url``: commit it if all
     ``num_parts`` parts are complete in the bucket (None if not)."""
     bucket = Bucket(url)
-    local = Path(staging) if staging else default_staging(url)
+    local = default_staging(url, staging)
     create_store(local)
     status, run_json = _commit(bucket, local, run, num_parts)
     if status != "part-complete":
-        with contextlib.suppress(ActstoreError):
-            drop_run(local, run)
+        _forget(local, run)
     return run_json
+
+
+def _forget(staging: Path, run: str) -> None:
+    """Delete the staging store's copy of ``run`` (committed in the bucket), unless a local
+    job holds one of its parts (then a later job deletes it)."""
+    with contextlib.suppress(ActstoreError):
+        drop_run(staging, run)
+
+
+def _committed(bucket: Bucket, run: str) -> bool:
+    """Whether the bucket's manifest names ``run``."""
+    manifest, _ = bucket.manifest()
+    return manifest is not None and run in manifest["runs"]
+
+
+def _complete_here(staging: Path, run: str, index: int) -> bool:
+    """Whether part ``index`` is complete in the staging store."""
+    progress = load_progress(staging, run, index)
+    return progress is not None and progress["complete"]
+
+
+def _complete_in_bucket(bucket: Bucket, run: str, index: int) -> bool:
+    """Whether part ``index``'s ``progress.json`` in the bucket says it is complete."""
+    remote, _ = bucket.get_json(_part_rel(run, index, PROGRESS_NAME))
+    return isinstance(remote, dict) and remote.get("complete") is True
 
 
 # ---------------------------------------------------------------------- before the job
@@ -184,11 +205,7 @@ def _fetch_part(bucket: Bucket, staging: Path, run: str, shard: int) -> None:
     the staging store (a job elsewhere finished it); no-op while a local job writes it."""
     if run in read_manifest(staging)["runs"]:
         return  # committed here, not yet published: the job publishes it
-    local = load_progress(staging, run, shard)
-    if local is not None and local["complete"]:
-        return
-    remote, _ = bucket.get_json(_part_rel(run, shard, PROGRESS_NAME))
-    if not (isinstance(remote, dict) and remote.get("complete") is True):
+    if _complete_here(staging, run, shard) or not _complete_in_bucket(bucket, run, shard):
         return
     lock = try_lock_part(staging, run, shard, purpose="fetch")
     if lock is None:
@@ -270,15 +287,11 @@ def _commit(
     in the staging store but not in the bucket (its job died before its upload, or is
     uploading now) is uploaded here if its lock is free, else the run waits for it.
     """
-    manifest, _ = bucket.manifest()
-    if manifest is not None and run in manifest["runs"]:
+    if _committed(bucket, run):
         return "already-committed", _bucket_run_json(bucket, run)
     for k in range(num_parts):
-        remote, _ = bucket.get_json(_part_rel(run, k, PROGRESS_NAME))
-        in_bucket = isinstance(remote, dict) and remote.get("complete") is True
-        local = load_progress(staging, run, k)
-        here = local is not None and local["complete"]
-        if in_bucket and (here or k == own):
+        in_bucket = _complete_in_bucket(bucket, run, k)
+        if in_bucket and (k == own or _complete_here(staging, run, k)):
             continue
         if k == own:
             return _waiting(bucket, run)  # its staging was deleted by a committer meanwhile
@@ -286,8 +299,7 @@ def _commit(
         if lock is None:
             return "part-complete", None  # a local job is writing part k: it commits
         with lock:
-            local = load_progress(staging, run, k)
-            if local is not None and local["complete"] and not in_bucket:
+            if not in_bucket and _complete_here(staging, run, k):
                 _upload_part(bucket, staging, run, k)  # its job died before uploading it
             elif in_bucket:
                 _download_part(bucket, staging, run, k)
@@ -303,8 +315,7 @@ def _commit(
 def _waiting(bucket: Bucket, run: str) -> tuple[str, RunJSON | None]:
     """``part-complete``, unless another job committed the run meanwhile (and deleted
     the staging this job was looking for)."""
-    manifest, _ = bucket.manifest()
-    if manifest is not None and run in manifest["runs"]:
+    if _committed(bucket, run):
         return "already-committed", _bucket_run_json(bucket, run)
     return "part-complete", None
 
