@@ -669,20 +669,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         texts = [json.loads(line)["text"] for line in data.read_text().splitlines()]
         n_layers = int(lm.model.config.num_hidden_layers) + 1
 
-        def plain(name: str, layers: list[int]) -> Any:
+        def loop_case(name: str, loop: Any, *models: Any, layers: list[int]) -> Any:
+            """A round of ``loop`` (plain_loop or nnsight_loop) keeping ``layers``."""
+
             def go() -> dict[str, float]:
-                out = plain_loop(
-                    lm,
-                    texts,
-                    config.batch_tokens,
-                    layers,
-                    tmp / name,
-                    window=512 if args.long else None,
+                window = 512 if args.long else None
+                out: dict[str, float] = loop(
+                    *models, texts, config.batch_tokens, layers, tmp / name, window=window
                 )
                 print(f"  {name}: {out['wall_s']:.2f} s", flush=True)
                 return out
 
             return go
+
+        def plain(name: str, layers: list[int]) -> Any:
+            return loop_case(name, plain_loop, lm, layers=layers)
 
         one_layer = [int(SITES_ONE.split(".")[1])]
         cases = {
@@ -696,20 +697,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             nn_model = nnsight_model(model, args.device)
 
             def nns(name: str, layers: list[int]) -> Any:
-                def go() -> dict[str, float]:
-                    out = nnsight_loop(
-                        lm,
-                        nn_model,
-                        texts,
-                        config.batch_tokens,
-                        layers,
-                        tmp / name,
-                        window=512 if args.long else None,
-                    )
-                    print(f"  {name}: {out['wall_s']:.2f} s", flush=True)
-                    return out
-
-                return go
+                return loop_case(name, nnsight_loop, lm, nn_model, layers=layers)
 
             # warm-up: nnsight's first trace imports and compiles its machinery
             nnsight_loop(lm, nn_model, texts[:32], config.batch_tokens, [0], tmp / "warm-nn")
