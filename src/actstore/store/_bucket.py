@@ -35,7 +35,7 @@ from typing import Any
 from actstore.errors import StoreError, StoreWriteError
 from actstore.store._objects import ObjectPath, _endpoint
 from actstore.store.format import MANIFEST_NAME, ManifestJSON
-from actstore.store.manifest import _check_manifest
+from actstore.store.manifest import _check_manifest, empty_manifest
 
 __all__ = ["Bucket", "safe_relative"]
 
@@ -183,12 +183,10 @@ class Bucket:
         """Apply ``change`` to the bucket's manifest and PUT it conditionally, redoing both
         on the newer manifest until a PUT succeeds. ``change`` returns False to write
         nothing (e.g. the run is there already); this returns what it returned last."""
-        from actstore.store.format import FORMAT_NAME, FORMAT_VERSION
-
         for _ in range(100):
             manifest, etag = self.manifest()
             if manifest is None:
-                manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "runs": {}}
+                manifest = empty_manifest()
             if not change(manifest):
                 return False
             if self.put_manifest(manifest, etag):

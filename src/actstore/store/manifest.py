@@ -41,6 +41,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "create_store",
+    "empty_manifest",
     "read_manifest",
     "read_run_json",
     "remove_store_if_unused",
@@ -215,11 +216,16 @@ def create_store(store: Path) -> ManifestJSON:
     return read_manifest(store)
 
 
+def empty_manifest() -> ManifestJSON:
+    """The manifest of a store with no run."""
+    return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "runs": {}}
+
+
 def _create_manifest(store: Path) -> None:
     """Write an empty manifest only if there is none: a temp file, then a hard link, which
     fails if another process made the manifest meanwhile (then theirs stays)."""
     path = store / MANIFEST_NAME
-    empty: ManifestJSON = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "runs": {}}
+    empty = empty_manifest()
     tmp = temp_path(path)
     with open(tmp, "wb") as f:
         f.write((json.dumps(empty, indent=2) + "\n").encode())
