@@ -6,12 +6,17 @@ interleaved, and reports the median wall time, forward time (run.json ``forward_
 the largest peak RSS (``ru_maxrss``) per mode:
 
 * ``flat``: what ``extract()`` does (glibc's ``M_MMAP_THRESHOLD`` at 1 MiB while the pools
-  run, so freed batch buffers go back to the OS; 32 MiB afterwards);
+  run, so freed batch buffers go back to the OS; 32 MiB afterwards; and torch's
+  ``THP_MEM_ALLOC_ENABLE=1``, so those fresh mappings are faulted in as 2 MiB huge pages);
+* ``flat4k``: the threshold with 4 KiB pages (``THP_MEM_ALLOC_ENABLE=0``: before 2026-12-02);
 * ``trim``: no threshold, ``malloc_trim(0)`` every 0.25 s from a thread instead;
 * ``none``: neither (glibc's adaptive defaults).
 
+``trim`` and ``none`` run with 4 KiB pages; ``+thp`` after a mode name (``none+thp``) runs
+it with huge pages.
+
     python benchmarks/allocator.py --docs 2000 --repeats 3
-    python benchmarks/allocator.py --docs 8000 --repeats 1 --modes flat,trim
+    python benchmarks/allocator.py --docs 8000 --repeats 1 --modes flat,flat4k
 """
 
 from __future__ import annotations
@@ -44,9 +49,9 @@ def child(mode: str, data: str, store: str) -> None:
     from actstore.extract import runner
 
     libc = ctypes.CDLL("libc.so.6")
-    if mode in ("trim", "none"):
-        runner._flat_memory = contextlib.nullcontext  # type: ignore[assignment]
-    if mode == "trim":
+    if mode.startswith(("trim", "none")):
+        runner.flat_memory = contextlib.nullcontext  # type: ignore[assignment]
+    if mode.startswith("trim"):
 
         def trim() -> None:
             while True:
@@ -82,7 +87,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--docs", type=int, default=2000, help="docs (default 2000)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
-    p.add_argument("--modes", default="flat,trim,none", help="comma-separated modes")
+    p.add_argument("--modes", default="flat,flat4k,trim,none", help="comma-separated modes")
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -99,6 +104,8 @@ def main() -> None:
                 shutil.rmtree(store, ignore_errors=True)
                 cmd = [sys.executable, __file__, "--child", mode, str(data), str(store)]
                 env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+                huge = mode == "flat" or mode.endswith("+thp")
+                env["THP_MEM_ALLOC_ENABLE"] = "1" if huge else "0"
                 done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
                 runs[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
                 print(f"  {mode}: {runs[mode][-1]}", flush=True)
@@ -113,9 +120,9 @@ def main() -> None:
         for m, v in runs.items()
     }
     print(f"\n{args.docs:,} docs, {args.repeats} interleaved rounds, medians (RSS: the largest)")
-    print(f"{'mode':<8} {'wall s':>8} {'forward s':>10} {'peak RSS MB':>12}")
+    print(f"{'mode':<10} {'wall s':>8} {'forward s':>10} {'peak RSS MB':>12}")
     for m, r in rows.items():
-        print(f"{m:<8} {r['wall_s']:>8.2f} {r['forward_s']:>10.2f} {r['peak_rss_mb']:>12.0f}")
+        print(f"{m:<10} {r['wall_s']:>8.2f} {r['forward_s']:>10.2f} {r['peak_rss_mb']:>12.0f}")
     OUT.mkdir(exist_ok=True)
     write_json(
         OUT / f"allocator-{args.docs}.json",

@@ -22,7 +22,10 @@ residual stream after block 1, i.e. ``hidden.2`` (SAELens: ``blocks.1.hook_resid
 Both include tokenizing; ``extract()``'s model load is subtracted. The SAELens side runs in
 a fresh interpreter each round (its start and model load not timed): ``extract()`` once set
 glibc's mmap threshold to 1 MiB for the rest of its process, which slowed any loop run after
-it; the same loop run in this process is reported beside it (now level). Rounds are
+it; the same loop run in this process is reported beside it (now level). The fresh process
+runs with torch's defaults (what a user's script gets) and again with
+``THP_MEM_ALLOC_ENABLE=1``, the huge pages ``extract()`` asks torch for (this process sets
+it before importing torch, as the command line has it). Rounds are
 interleaved (``--repeats``), medians. The headline is seconds **per token** (actstore's real
 tokens; SAELens's windowed tokens), actstore ÷ SAELens-style (target ≤ 1.0). What differs:
 SAELens packs docs into fixed windows that span doc boundaries (it also puts a BOS between
@@ -67,6 +70,8 @@ from _common import (
 )
 
 from extract import run_extract, write_corpus
+
+from actstore.extract._memory import prefer_huge_pages
 
 OUT = Path(__file__).parent / "out"
 SITE = "hidden.2"
@@ -182,11 +187,18 @@ def saelens_child(argv: list[str], context: int, batch: int) -> None:
     print(json.dumps(saelens_cache(model, tok, texts, layer, context, batch, Path(out))))
 
 
-def run_saelens_child(folder: Path, data: Path, out: Path, context: int, batch: int) -> Any:
-    """:func:`saelens_child` in a new interpreter (its start and model load not timed)."""
+def run_saelens_child(
+    folder: Path, data: Path, out: Path, context: int, batch: int, *, huge_pages: bool = False
+) -> Any:
+    """:func:`saelens_child` in a new interpreter (its start and model load not timed); with
+    torch's defaults (4 KiB pages), or ``huge_pages``: ``THP_MEM_ALLOC_ENABLE=1`` as
+    ``extract()`` sets it."""
     cmd = [sys.executable, __file__, "--saelens-child", str(folder), str(data), str(out)]
     cmd += ["--context", str(context), "--batch", str(batch)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if huge_pages:
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"saelens child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -223,6 +235,13 @@ def report(res: dict[str, Any]) -> str:
         [
             "same, actstore device loop only (run.json forward_s)",
             f"{r['budget_per_token_forward_s']:.3f}",
+            "",
+            "",
+        ],
+        [
+            "actstore defaults ÷ SAELens-style in a fresh process with THP_MEM_ALLOC_ENABLE=1 "
+            "(the huge pages extract() asks for)",
+            f"{r['per_token_vs_huge_pages']:.3f}",
             "",
             "",
         ],
@@ -280,6 +299,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.saelens_child:
         saelens_child(args.saelens_child, args.context, args.batch)
         return {}
+    # extract() asks torch for huge pages when torch is not imported yet (as in the command
+    # line); this process imports torch first, so it sets what extract() would have set
+    prefer_huge_pages()
 
     import torch
     from transformers import AutoTokenizer, GPT2LMHeadModel
@@ -333,6 +355,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"  saelens: {out['wall_s']:.2f} s", flush=True)
             return out
 
+        def saelens_thp() -> dict[str, Any]:
+            out = run_saelens_child(
+                folder, data, tmp / "s", args.context, args.batch, huge_pages=True
+            )
+            print(f"  saelens_huge_pages: {out['wall_s']:.2f} s", flush=True)
+            return out
+
         def saelens_same() -> dict[str, Any]:
             out = saelens_cache(model, tok, texts, layer, args.context, args.batch, tmp / "s")
             print(f"  saelens_same_process: {out['wall_s']:.2f} s", flush=True)
@@ -343,6 +372,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "actstore": actstore("actstore", common),
                 "actstore_budget": actstore("actstore_budget", same_budget),
                 "saelens": saelens,
+                "saelens_huge_pages": saelens_thp,
                 "saelens_same_process": saelens_same,
             },
             args.repeats,
@@ -367,6 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ],
         "saelens": [r["wall_s"] for r in runs["saelens"]],
         "saelens.cpu": [r["cpu_s"] for r in runs["saelens"]],
+        "saelens_huge_pages": [r["wall_s"] for r in runs["saelens_huge_pages"]],
         "saelens_same_process": [r["wall_s"] for r in runs["saelens_same_process"]],
     }
     med = {k: median(v) for k, v in raw.items()}
@@ -406,6 +437,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ),
             "per_token_cpu": per_token(med["actstore.cpu_minus_load"], med["saelens.cpu"]),
             "per_token_forward_s": per_token(med["actstore.forward_s"], med["saelens"]),
+            "per_token_vs_huge_pages": per_token(
+                med["actstore.wall_minus_load"], med["saelens_huge_pages"]
+            ),
             "per_token_vs_same_process": per_token(
                 med["actstore.wall_minus_load"], med["saelens_same_process"]
             ),

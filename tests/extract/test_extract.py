@@ -383,7 +383,7 @@ def test_no_matrices_stores_the_run_without_them(
 
 _ALLOCATOR_CHECK = """
 import ctypes, sys
-from actstore.extract import runner
+from actstore.extract import _memory, runner
 from actstore.extract.config import ExtractConfig
 
 class MallInfo2(ctypes.Structure):
@@ -403,7 +403,7 @@ def mmapped(nbytes):
     libc.free(block)
     return grew
 
-with runner._flat_memory():
+with _memory.flat_memory():
     during = mmapped(16 << 20)
 model, data, store = sys.argv[1:4]
 runner.extract(ExtractConfig(model=model, data=data, store=store, run="r",
@@ -435,3 +435,69 @@ def test_large_allocations_leave_mmap_after_the_job(
         pytest.skip("no glibc mallinfo2")
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "False"]  # mmapped during the job, not after
+
+
+_HUGE_PAGES_CHECK = """
+import os, sys
+if sys.argv[4] == "torch-first":
+    import torch
+from actstore.extract import runner
+from actstore.extract.config import ExtractConfig
+
+model, data, store = sys.argv[1:4]
+runner.extract(ExtractConfig(model=model, data=data, store=store, run="r",
+                             sites="hidden.1", device="cpu", quiet=True))
+import torch
+block = torch.empty(64 << 20, dtype=torch.uint8)
+address = block.data_ptr()
+flags = None
+with open("/proc/self/smaps") as fh:
+    inside = False
+    for line in fh:
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            start, end = (int(x, 16) for x in head.split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("VmFlags:"):
+            flags = line.split()[1:]
+print(os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"), "hg" in flags)
+"""
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        (None, ["1", "True"]),  # set by extract(): large blocks advised MADV_HUGEPAGE
+        ("0", ["0", "False"]),  # the user's opt-out is kept
+        ("torch-first", ["unset", "False"]),  # torch already in use: left alone
+    ],
+)
+def test_huge_pages_are_asked_for_only_before_torch_is_used(
+    tiny_model_dirs: dict[str, Path],
+    corpus: Path,
+    tmp_path: Path,
+    setting: str | None,
+    expected: list[str],
+) -> None:
+    """``extract()`` sets torch's ``THP_MEM_ALLOC_ENABLE`` when torch is not imported yet
+    and the user has not set it; torch then advises huge pages on its large CPU blocks
+    (the ``hg`` flag of the block's mapping in ``/proc/self/smaps``). In a fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    if not Path("/sys/kernel/mm/transparent_hugepage/enabled").exists():
+        pytest.skip("no transparent huge pages in this kernel")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if setting == "0":
+        env["THP_MEM_ALLOC_ENABLE"] = "0"
+    argv = [str(tiny_model_dirs["gpt2"]), str(corpus), str(tmp_path / "s.acts")]
+    done = subprocess.run(
+        [sys.executable, "-c", _HUGE_PAGES_CHECK, *argv, str(setting)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == expected

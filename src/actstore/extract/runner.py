@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from actstore.errors import EmptyCorpusError
 from actstore.extract._device import DeviceLoop
+from actstore.extract._memory import flat_memory, prefer_huge_pages
 from actstore.extract._pipeline import run_pools
 from actstore.extract.batching import Pooler, Segment
 from actstore.extract.config import ExtractConfig
@@ -180,6 +181,7 @@ def extract(
     StoreWriteError
         The store cannot be written (read-only, full disk); checked before the model loads.
     """
+    prefer_huge_pages()  # before torch is imported; see actstore.extract._memory
     if config.engine == "ray":
         from actstore.extract.engine_ray import extract_ray
 
@@ -314,7 +316,7 @@ def _extract(
         num_shards=config.num_shards,
     )
     try:
-        with _flat_memory():
+        with flat_memory():
             rest = run_pools(
                 pools,
                 part,
@@ -465,41 +467,6 @@ def _commit(config: ExtractConfig, progress: Progress, seconds: float) -> Extrac
         seconds,
         result,
     )
-
-
-#: glibc's ``mallopt`` parameter, and the values it is set to during and after a job.
-_M_MMAP_THRESHOLD, _DURING, _AFTER = -3, 1 << 20, 32 << 20
-
-
-@contextlib.contextmanager
-def _flat_memory() -> Iterator[None]:
-    """Serve large allocations from mmap while the pools run, so that freed batch buffers
-    go back to the OS; afterwards, a threshold at glibc's own ceiling again.
-
-    glibc keeps freed blocks below its adaptive mmap threshold in the heap; batches of
-    many shapes then fragment it, and peak RSS grew with corpus size (MiniLM: 1.26 GB at
-    2,000 docs, 2.08 GB at 8,000; with ``malloc_trim`` after batches 1.57 / 1.72 GB at
-    4,000 / 8,000, still growing). A 1 MiB threshold keeps it flat (1.30 / 1.40 GB) at a
-    price: every large temporary is a fresh zero-filled mapping (the forward ~20 % slower,
-    ``benchmarks/allocator.py``). Left in place after the job it slowed any code the
-    process ran next by 25-50 %, hence the reset (to 32 MiB, the most glibc's adaptive
-    threshold grows to; the adaptive behaviour itself cannot be switched back on).
-    Linux/glibc only; elsewhere nothing happens.
-    """
-    import ctypes
-    import sys
-
-    mallopt = None
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            mallopt = ctypes.CDLL("libc.so.6").mallopt
-    if mallopt is not None:
-        mallopt(_M_MMAP_THRESHOLD, _DURING)
-    try:
-        yield
-    finally:
-        if mallopt is not None:
-            mallopt(_M_MMAP_THRESHOLD, _AFTER)
 
 
 def _describe(lm: Any, site: Any) -> str:
