@@ -16,7 +16,7 @@ from torch import nn
 
 from actstore.errors import ConfigError, ModelLoadError, SiteError, SiteNotFoundError
 from actstore.extract.adapters import ADAPTERS, adapter_for
-from actstore.extract.check import check_hidden_sites
+from actstore.extract.check import check_hidden_sites, padding_mask_needed
 from actstore.extract.head import NormSpec, head_info, matrices
 from actstore.extract.model import LoadedModel, load_model
 from actstore.extract.sites import Site, SiteCapture, list_modules, parse_sites, valid_sites
@@ -70,6 +70,18 @@ def load(
 def batch(lm: LoadedModel, docs: list[str] = DOCS) -> tuple[torch.Tensor, torch.Tensor]:
     enc = lm.tokenizer(docs, padding=True, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"]
+
+
+def same_at_real_tokens(
+    lm: LoadedModel, got: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor
+) -> None:
+    """``got`` (a site) equals ``ref`` (a hook on the masked HF forward): bitwise where the
+    site is taken with the padding mask, else to float rounding, at the real tokens (causal
+    families run without the mask, so their padding rows differ; they are never kept)."""
+    assert got.shape == ref.shape
+    real = mask.bool()
+    atol = 0 if lm.padding_mask else 1e-6
+    torch.testing.assert_close(got[real], ref[real], atol=atol, rtol=0)
 
 
 def hook_count(module: nn.Module) -> int:
@@ -216,7 +228,7 @@ def test_module_site_equals_a_manual_hook(
             lm.base(input_ids=ids, attention_mask=mask)
     finally:
         handle.remove()
-    torch.testing.assert_close(got, seen[0], atol=0, rtol=0)
+    same_at_real_tokens(lm, got, seen[0], mask)
 
 
 def test_probe_reports_feature_sizes(load: Callable[[str], LoadedModel]) -> None:
@@ -571,7 +583,7 @@ def test_flattened_module_outputs_are_per_token(
     flat = not (arch == "opt350m" and module == "final_layer_norm")
     assert seen[0].shape == ((ids.numel(), width) if flat else (*ids.shape, width))
     assert got.shape == (*ids.shape, width)
-    torch.testing.assert_close(got, seen[0].reshape(*ids.shape, width), atol=0, rtol=0)
+    same_at_real_tokens(lm, got, seen[0].reshape(*ids.shape, width), mask)
 
 
 def test_a_family_without_adapter_is_checked(load: Callable[[str], LoadedModel]) -> None:
@@ -640,3 +652,36 @@ def test_head_that_differs_from_the_model_is_marked(load: Callable[[str], Loaded
     assert str(info["lens_unsupported"]).startswith(
         "the recorded final norm and projection give shape (2, 6, 32), hidden.L has (2, 6, 16)"
     )
+
+
+@pytest.mark.parametrize("arch", [*TINY_ARCHS, *EXTRA_ARCHS, "minilm"])
+def test_padding_mask_is_dropped_only_for_registered_causal_families(
+    arch: str, load: Callable[[str], LoadedModel]
+) -> None:
+    """Registered causal families run right-padded batches without the padding mask (their
+    real tokens never see the padding); encoders and inferred adapters keep it. That the
+    sites are still Hugging Face's masked hidden states at every real token is
+    ``test_all_hidden_sites_equal_hf_hidden_states``."""
+    lm = load(arch)
+    causal = arch in CAUSAL or arch in {"gemma", "gemma2", "opt", "opt350m", "cohere"}
+    assert lm.adapter.causal == (causal or arch in UNREGISTERED)
+    assert lm.padding_mask is not (causal and arch not in UNREGISTERED)
+    assert padding_mask_needed(lm) is lm.padding_mask
+
+
+def test_padding_mask_is_kept_when_padding_reaches_real_tokens(
+    load: Callable[[str], LoadedModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planted: GPT-2 blocks whose attention is bidirectional when no mask is given (the
+    attention modules' ``is_causal`` off) let the padding after a real token change it, so
+    the check keeps the mask, and the sites taken with it equal Hugging Face's."""
+    lm = load("gpt2")
+    assert padding_mask_needed(lm) is False
+    for block in lm.base.h:
+        monkeypatch.setattr(block.attn, "is_causal", False)
+    assert padding_mask_needed(lm) is True
+    monkeypatch.setattr(lm, "padding_mask", True)
+    check_hidden_sites(lm)
+    monkeypatch.setattr(lm, "padding_mask", False)
+    with pytest.raises(ModelLoadError, match="differs from hidden_states"):
+        check_hidden_sites(lm)

@@ -1,6 +1,7 @@
 """Checks, on a dummy batch when a model is loaded, that what actstore stores is what
 Hugging Face computes: every hidden site equals ``hidden_states[i]``
-(:func:`check_hidden_sites`); the head's own check is in :mod:`actstore.extract.head`."""
+(:func:`check_hidden_sites`), and whether the forward pass needs the padding mask at all
+(:func:`padding_mask_needed`); the head's own check is in :mod:`actstore.extract.head`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from actstore.errors import ModelLoadError
 from actstore.extract.model import LoadedModel
 from actstore.extract.sites import SiteCapture, forward_kwargs, parse_sites
 
-__all__ = ["check_hidden_sites", "dummy_batch", "rel_diff", "tolerance"]
+__all__ = ["check_hidden_sites", "dummy_batch", "padding_mask_needed", "rel_diff", "tolerance"]
 
 
 def dummy_batch(lm: LoadedModel, n_tokens: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,3 +111,36 @@ def check_hidden_sites(lm: LoadedModel) -> None:
         raise ModelLoadError(
             f"{what} does not reproduce Hugging Face's hidden states: {problem}; {fix}"
         )
+
+
+def padding_mask_needed(lm: LoadedModel) -> bool:
+    """Whether forward passes must get the padding mask; False for a registered causal
+    family whose real tokens come out the same without it.
+
+    Batches are right-padded, and in a causal model a real token attends only to the
+    tokens before it, never to the padding after it; positions count from 0 either way. So
+    the mask changes nothing a site keeps, and without it attention takes the causal fast
+    path (``is_causal``: no mask tensor, and flash kernels on a GPU) instead of an explicit
+    mask. This is checked, not assumed: the dummy batch runs with and without the mask and
+    every hidden state must agree at the real tokens (:func:`tolerance`); an inferred
+    adapter, an encoder, or any difference keeps the mask.
+    """
+    if not lm.adapter.causal or lm.adapter.name.startswith("inferred:"):
+        return True
+    ids, mask = dummy_batch(lm)
+    if bool(mask.all()):
+        return True  # too short a model to pad the dummy batch: nothing to compare
+    kwargs = {"output_hidden_states": True, **forward_kwargs(lm.base)}
+    with torch.inference_mode():
+        masked = getattr(
+            lm.base(input_ids=ids, attention_mask=mask, **kwargs), "hidden_states", None
+        )
+        free = getattr(lm.base(input_ids=ids, **kwargs), "hidden_states", None)
+    if masked is None or free is None or len(masked) != len(free):
+        return True
+    real = mask.bool()
+    tol = tolerance(lm.compute_dtype)
+    return any(
+        a.shape != b.shape or rel_diff(b[real], a[real]) > tol
+        for a, b in zip(masked, free, strict=True)
+    )

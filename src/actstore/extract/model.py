@@ -65,6 +65,9 @@ class LoadedModel:
     lm_head: Literal["causal", "masked"] | None = None
     """The output head the model was loaded with: a causal LM's, a masked LM's (BERT-style
     ``*ForMaskedLM`` checkpoints), or None (an encoder without a head, e.g. MiniLM)."""
+    padding_mask: bool = True
+    """Whether extraction passes the padding mask; False for a causal family whose real
+    tokens are the same without it (:func:`actstore.extract.check.padding_mask_needed`)."""
 
 
 # ---------------------------------------------------------------------------- loading
@@ -384,7 +387,8 @@ def load_model(
         tokenizer_info=_tokenizer_info(tokenizer),
         lm_head="causal" if causal else "masked" if masked else None,
     )
-    from actstore.extract.check import check_hidden_sites
+    from actstore.extract.check import check_hidden_sites, padding_mask_needed
 
-    check_hidden_sites(lm)
+    lm.padding_mask = padding_mask_needed(lm)
+    check_hidden_sites(lm)  # the sites as extraction computes them, with or without the mask
     return lm

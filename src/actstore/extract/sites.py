@@ -373,7 +373,8 @@ class SiteCapture:
         try:
             result = module(
                 input_ids=input_ids.to(self.lm.device),
-                attention_mask=attention_mask.to(self.lm.device),
+                # right padding in a causal model: the mask changes no real token
+                attention_mask=attention_mask.to(self.lm.device) if self.lm.padding_mask else None,
                 **forward_kwargs(module),
             )
         except _EarlyExit:
