@@ -17,6 +17,7 @@ it with huge pages.
 
     python benchmarks/allocator.py --docs 2000 --repeats 3
     python benchmarks/allocator.py --docs 8000 --repeats 1 --modes flat,flat4k
+    python benchmarks/allocator.py --gpt2 --docs 4000 --repeats 3   # one_site.py's model
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ from extract import write_corpus
 OUT = Path(__file__).parent / "out"
 
 
-def child(mode: str, data: str, store: str) -> None:
-    """One extraction in this process with allocator ``mode``; prints its figures."""
+def child(mode: str, data: str, store: str, model: str | None) -> None:
+    """One extraction in this process with allocator ``mode``; prints its figures. ``model``:
+    a saved tiny GPT-2 (its ``hidden.2`` as float32, as ``one_site.py`` caches it), or None
+    for MiniLM (every hidden state as float16)."""
     import contextlib
     import ctypes
     import threading
@@ -64,12 +67,12 @@ def child(mode: str, data: str, store: str) -> None:
     from actstore.extract.runner import extract
 
     config = ExtractConfig(
-        model=str(minilm_path()),
+        model=model or str(minilm_path()),
         data=data,
         store=store,
         run="b",
-        sites="all",
-        dtype="float16",
+        sites="hidden.2" if model else "all",
+        dtype="float32" if model else "float16",
         device="cpu",
         quiet=True,
     )
@@ -88,21 +91,33 @@ def main() -> None:
     p.add_argument("--docs", type=int, default=2000, help="docs (default 2000)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--modes", default="flat,flat4k,trim,none", help="comma-separated modes")
+    p.add_argument(
+        "--gpt2", action="store_true", help="the tiny GPT-2 of one_site.py instead of MiniLM"
+    )
     p.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--child-model", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(*args.child)
+        child(*args.child, args.child_model)
         return
     modes = args.modes.split(",")
     tmp = Path(tempfile.mkdtemp(dir=OUT if OUT.is_dir() else None))
     try:
         data = write_corpus(tmp / "corpus.jsonl", args.docs, 0)
+        model = None
+        if args.gpt2:
+            from one_site import build_gpt2
+
+            model = build_gpt2(
+                tmp / "gpt2", n_layer=4, n_embd=256, n_positions=1024, vocab=4096, seed=0
+            )
         runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
         for k in range(args.repeats):
             for mode in modes if k % 2 == 0 else modes[::-1]:
                 store = tmp / f"{mode}.acts"
                 shutil.rmtree(store, ignore_errors=True)
                 cmd = [sys.executable, __file__, "--child", mode, str(data), str(store)]
+                cmd += ["--child-model", str(model)] if model else []
                 env = {**os.environ, "HF_HUB_OFFLINE": "1"}
                 huge = mode == "flat" or mode.endswith("+thp")
                 env["THP_MEM_ALLOC_ENABLE"] = "1" if huge else "0"
@@ -119,14 +134,16 @@ def main() -> None:
         }
         for m, v in runs.items()
     }
-    print(f"\n{args.docs:,} docs, {args.repeats} interleaved rounds, medians (RSS: the largest)")
+    what = "tiny GPT-2, hidden.2 float32" if args.gpt2 else "MiniLM, all hidden states float16"
+    print(f"\n{what}, {args.docs:,} docs, {args.repeats} interleaved rounds, medians (RSS: max)")
     print(f"{'mode':<10} {'wall s':>8} {'forward s':>10} {'peak RSS MB':>12}")
     for m, r in rows.items():
         print(f"{m:<10} {r['wall_s']:>8.2f} {r['forward_s']:>10.2f} {r['peak_rss_mb']:>12.0f}")
     OUT.mkdir(exist_ok=True)
     write_json(
-        OUT / f"allocator-{args.docs}.json",
+        OUT / f"allocator{'-gpt2' if args.gpt2 else ''}-{args.docs}.json",
         {
+            "model": "tiny-gpt2" if args.gpt2 else "minilm",
             "docs": args.docs,
             "modes": rows,
             "runs": runs,

@@ -382,9 +382,6 @@ def run_extract(config_kwargs: dict[str, Any], sites: str, store: Path) -> dict[
 
 def rss_child(data: str, device: str) -> None:
     """Run one extraction of all sites over ``data`` and print its memory figures as JSON."""
-    from actstore.extract._memory import prefer_huge_pages
-
-    prefer_huge_pages()  # what extract() does in a process that has not imported torch
     import torch  # noqa: F401  (imported so the baseline holds the libraries)
 
     from actstore._demo import minilm_path
@@ -605,12 +602,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.rss_child:
         rss_child(args.rss_child, args.device)
         return None
-    from actstore.extract._memory import prefer_huge_pages
 
-    # extract() asks torch for huge pages when torch is not imported yet (the command line);
-    # this process imports torch first, so it sets that here. The baselines run in this
-    # process share the setting: it makes their forward faster or leaves it as it is.
-    prefer_huge_pages()
     import torch
 
     from actstore._demo import minilm_path

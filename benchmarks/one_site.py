@@ -24,8 +24,8 @@ a fresh interpreter each round (its start and model load not timed): ``extract()
 glibc's mmap threshold to 1 MiB for the rest of its process, which slowed any loop run after
 it; the same loop run in this process is reported beside it (now level). The fresh process
 runs with torch's defaults (what a user's script gets) and again with
-``THP_MEM_ALLOC_ENABLE=1``, the huge pages ``extract()`` asks torch for (this process sets
-it before importing torch, as the command line has it). Rounds are
+``THP_MEM_ALLOC_ENABLE=1``, the huge pages ``actstore extract`` asks torch for (this process
+sets it before importing torch, as the command does). Rounds are
 interleaved (``--repeats``), medians. The headline is seconds **per token** (actstore's real
 tokens; SAELens's windowed tokens), actstore ÷ SAELens-style (target ≤ 1.0). What differs:
 SAELens packs docs into fixed windows that span doc boundaries (it also puts a BOS between
@@ -69,9 +69,8 @@ from _common import (
     write_json,
 )
 
-from extract import run_extract, write_corpus
-
 from actstore.extract._memory import prefer_huge_pages
+from extract import run_extract, write_corpus
 
 OUT = Path(__file__).parent / "out"
 SITE = "hidden.2"
@@ -240,7 +239,7 @@ def report(res: dict[str, Any]) -> str:
         ],
         [
             "actstore defaults ÷ SAELens-style in a fresh process with THP_MEM_ALLOC_ENABLE=1 "
-            "(the huge pages extract() asks for)",
+            "(the huge pages `actstore extract` asks for)",
             f"{r['per_token_vs_huge_pages']:.3f}",
             "",
             "",
@@ -299,8 +298,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.saelens_child:
         saelens_child(args.saelens_child, args.context, args.batch)
         return {}
-    # extract() asks torch for huge pages when torch is not imported yet (as in the command
-    # line); this process imports torch first, so it sets what extract() would have set
+    # `actstore extract` asks torch for huge pages before importing it; extract() measured
+    # here stands for that command, so this process asks too, before it imports torch
     prefer_huge_pages()
 
     import torch

@@ -126,8 +126,12 @@ def test_extract_to_s3_equals_local(
     assert again.status == "already-committed"
     assert again.rows == result.rows
     assert keys(s3, url) == names  # nothing written again
-    with pytest.raises(actstore.errors.RunExistsError, match="other"):
+    with pytest.raises(actstore.errors.RunExistsError, match="other") as exc:
         extract(_config(tiny_model_dirs["bert"], data, url, staging, centroids=False))
+    assert "--overwrite to replace" not in str(exc.value)  # refused on s3://
+    assert str(exc.value).endswith(
+        "pick another --run (a run in object storage is not replaced: no --overwrite)"
+    )
 
 
 def test_parts_on_two_machines_commit_once(

@@ -18,7 +18,16 @@ __all__ = ["add_commands"]
 _ALIASES = {"text_field": ["--text-column"]}
 
 
+def _huge_pages() -> None:
+    """Ask torch for huge pages before it is imported: this process ends with the job, so
+    the setting slows nothing that runs after it (see :mod:`actstore.extract._memory`)."""
+    from actstore.extract._memory import prefer_huge_pages
+
+    prefer_huge_pages()
+
+
 def _cmd_extract(args: argparse.Namespace) -> int:
+    _huge_pages()
     from actstore.extract.config import ExtractConfig
 
     if args.list_modules:
@@ -52,6 +61,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
+    _huge_pages()
     from actstore.extract.optimize import OPTIMIZE_ONLY_EXTRACT, OptimizeConfig, optimize
 
     values = {

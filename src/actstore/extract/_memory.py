@@ -5,10 +5,10 @@ Two settings, both Linux-only (elsewhere nothing happens), measured in
 
 * :func:`flat_memory` lowers glibc's mmap threshold while the pools run, so that freed batch
   buffers go back to the OS instead of fragmenting the heap (peak RSS flat in corpus size);
-* :func:`prefer_huge_pages` asks torch to advise the kernel to back its large CPU tensors by
-  transparent huge pages, which takes most of the threshold's price away: every large
-  temporary is a fresh mapping the kernel zero-fills on first touch, 4 KiB page by page
-  without it, 2 MiB at a time with it.
+* :func:`prefer_huge_pages` (the command line only) asks torch to advise the kernel to back
+  its large CPU tensors by transparent huge pages, which takes most of the threshold's
+  price away: every large temporary is a fresh mapping the kernel zero-fills on first
+  touch, 4 KiB page by page without it, 2 MiB at a time with it.
 """
 
 from __future__ import annotations
@@ -60,16 +60,21 @@ def prefer_huge_pages() -> bool:
     """Set ``THP_MEM_ALLOC_ENABLE=1`` for torch, if torch is not imported yet and the
     variable is not set; True when it was set here.
 
-    torch reads the variable once, at its first CPU allocation, so it only takes effect in
-    a process that has not used torch yet: the command line, a Ray or Slurm worker, a
-    script that calls :func:`~actstore.extract.runner.extract` before touching torch. With
-    it, torch aligns CPU blocks to pages and advises ``MADV_HUGEPAGE`` on blocks of 2 MiB or
-    more; where the kernel's transparent huge pages are ``madvise`` or ``always`` (most
-    distributions), each fresh mapping of :func:`flat_memory` is then faulted in 2 MiB at
-    a time (tiny GPT-2 forward, CPU: 1 MiB threshold alone +20 %, with huge pages -8 %
-    against glibc's defaults, peak RSS as flat). Where they are ``never`` nothing changes.
-    An explicit ``THP_MEM_ALLOC_ENABLE=0`` is left alone (the opt-out); the setting stays
-    for the rest of the process, as torch's own cache of it does.
+    Called by the ``actstore extract`` and ``optimize`` commands only, never by
+    :func:`~actstore.extract.runner.extract`: torch reads the variable once, at its first
+    CPU allocation, and keeps it for the life of the process, and it helps only together
+    with :func:`flat_memory`. With it, torch aligns CPU blocks to pages and advises
+    ``MADV_HUGEPAGE`` on blocks of 2 MiB or more; where the kernel's transparent huge pages
+    are ``madvise`` or ``always`` (most distributions), each fresh mapping of
+    :func:`flat_memory` is then faulted in 2 MiB at a time. Measured on CPU (fresh
+    processes; tiny GPT-2 forward over batches of many shapes, as extraction runs them):
+    the 1 MiB threshold alone costs +20 %, with huge pages -8 % against glibc's defaults,
+    peak RSS as flat (``benchmarks/allocator.py`` for MiniLM). But with glibc's defaults
+    (the heap, as after a job) the same advice made a SAELens-style loop of one batch
+    shape ~15 % slower, so a library call must not leave it behind in a user's process: a
+    script or notebook that wants it sets ``THP_MEM_ALLOC_ENABLE=1`` itself before importing
+    torch. An explicit ``THP_MEM_ALLOC_ENABLE=0`` is left alone (the opt-out); kernels with
+    THP ``never`` ignore the advice.
     """
     if not sys.platform.startswith("linux") or "torch" in sys.modules or THP_ENV in os.environ:
         return False

@@ -38,7 +38,7 @@ from actstore.extract.runner import ExtractResult, extract_local
 from actstore.store._bucket import Bucket
 from actstore.store._faults import crash_point
 from actstore.store._objects import ObjectPath, store_path
-from actstore.store.claim import drop_run
+from actstore.store.claim import OVERWRITE_HINT, drop_run
 from actstore.store.commit import try_commit
 from actstore.store.format import (
     ARRAYS_DIR,
@@ -131,7 +131,11 @@ def _extract_remote(
             url, run, cfg.shard, status, prog["rows"], prog["counts"], seconds, run_json
         )
 
-    result = extract_local(local, progress, publish)
+    try:
+        result = extract_local(local, progress, publish)
+    except RunExistsError as e:  # the staging store's message, but --overwrite is refused here
+        hint = "pick another --run (a run in object storage is not replaced: no --overwrite)"
+        raise RunExistsError(str(e).replace(OVERWRITE_HINT, hint)) from None
     # the staging store said "committed" before the model ran, and the bucket lacks the run:
     # committed there by a job killed before it published the run
     if result.store != url and not _committed(bucket, run):

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from actstore.errors import EmptyCorpusError
 from actstore.extract._device import DeviceLoop
-from actstore.extract._memory import flat_memory, prefer_huge_pages
+from actstore.extract._memory import flat_memory
 from actstore.extract._pipeline import run_pools
 from actstore.extract.batching import Pooler, Segment
 from actstore.extract.config import ExtractConfig
@@ -181,7 +181,6 @@ def extract(
     StoreWriteError
         The store cannot be written (read-only, full disk); checked before the model loads.
     """
-    prefer_huge_pages()  # before torch is imported; see actstore.extract._memory
     if config.engine == "ray":
         from actstore.extract.engine_ray import extract_ray
 

@@ -177,6 +177,10 @@ def _part_busy(store: Path, run: str, index: int, what: str) -> RunLockedError:
     )
 
 
+#: How a run written with other arguments can be resolved (replaced where a store can).
+OVERWRITE_HINT = "pass --overwrite to replace it or pick another --run"
+
+
 def _differs(run: str, old: dict[str, Any], new: dict[str, Any]) -> str:
     def flat(d: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -191,10 +195,7 @@ def _differs(run: str, old: dict[str, Any], new: dict[str, Any]) -> str:
     keys = sorted(k for k in {*a, *b} if a.get(k) != b.get(k))
     shown = ", ".join(f"{k} {_short(a.get(k))} != {_short(b.get(k))}" for k in keys[:4])
     more = f" (and {len(keys) - 4} more)" if len(keys) > 4 else ""
-    return (
-        f"run {run!r} exists with other arguments: {shown}{more}; "
-        "pass --overwrite to replace it or pick another --run"
-    )
+    return f"run {run!r} exists with other arguments: {shown}{more}; {OVERWRITE_HINT}"
 
 
 def _short(value: Any) -> str:
