@@ -6,11 +6,16 @@
   (tracemalloc, which sees NumPy's buffers) and the RSS growth.
 * The sink scan at full-vocabulary scale (30,522 synthetic centroids vs the embeddings).
 * The sink scan over every non-special token occurring >= 5 times in the demo corpus.
+* Linear CKA of two representations of the same ``--cka-rows`` rows (``rsa.py``'s synthetic
+  X and Y = XW + noise, float32) against the NumPy feature-space formula a user writes
+  (center, ``||Xc'Yc||_F^2 / (||Xc'Xc||_F ||Yc'Yc||_F)``), and RSA (correlation RDMs,
+  Spearman and Pearson) against rsatoolbox when it is installed; interleaved rounds,
+  medians, and each value's difference from a float64 reference (CKA) or from rsatoolbox's.
 
 Builds the demo store (MiniLM over the bundled corpus) in ``benchmarks/out/`` once.
 Prints a markdown table and writes ``benchmarks/out/similarity.json``.
 
-    python benchmarks/similarity.py
+    python benchmarks/similarity.py --repeats 3
 """
 
 from __future__ import annotations
@@ -23,11 +28,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import current_rss, fmt_bytes, machine_info, markdown_table, now_iso, write_json
+from _common import (
+    current_rss,
+    fmt_bytes,
+    interleave,
+    machine_info,
+    markdown_table,
+    median,
+    now_iso,
+    timed,
+    write_json,
+)
+from rsa import data, rsatoolbox_cases
 
 import actstore
 from actstore.query.similarity.centroids import sink_pairs, sink_scan
+from actstore.query.similarity.cka import linear_cka
 from actstore.query.similarity.pairwise import pairwise_cosine_stats
+from actstore.query.similarity.rsa import rsa
 
 OUT = Path(__file__).parent / "out"
 RUN = "minilm"
@@ -44,11 +62,63 @@ def build(path: Path) -> None:
     extract(demo_config(path, run=RUN, dtype="float32", quiet=True, device="cpu"))
 
 
+def numpy_cka(X: np.ndarray, Y: np.ndarray) -> float:
+    """Linear CKA in feature space, as a NumPy user writes it (Kornblith et al. 2019)."""
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    num = np.linalg.norm(Xc.T @ Yc) ** 2
+    return float(num / (np.linalg.norm(Xc.T @ Xc) * np.linalg.norm(Yc.T @ Yc)))
+
+
+def cka_and_rsa(rows: int, repeats: int) -> tuple[list[list[str]], list[dict[str, Any]]]:
+    """CKA ÷ NumPy feature-space and RSA ÷ rsatoolbox (when installed) on the same rows."""
+    X, Y = data(rows, 384)
+    reference = numpy_cka(X.astype(np.float64), Y.astype(np.float64))
+    cases: dict[str, Any] = {
+        "actstore linear_cka": lambda: linear_cka(X, Y),
+        "NumPy feature-space CKA": lambda: numpy_cka(X, Y),
+        "actstore rsa correlation spearman": lambda: rsa(X, Y, metric="correlation"),
+        "actstore rsa correlation pearson": lambda: rsa(
+            X, Y, metric="correlation", method="pearson"
+        ),
+    }
+    try:
+        import rsatoolbox  # noqa: F401
+    except ImportError:
+        print("rsatoolbox is not installed: RSA timed for actstore alone (pip install rsatoolbox)")
+    else:
+        for method, fn in rsatoolbox_cases(X, Y, "correlation").items():
+            cases[f"rsatoolbox correlation {method}"] = fn
+    runs = interleave({k: (lambda f=f: timed(f)) for k, f in cases.items()}, repeats)
+    t = {k: median([s for _, s in v]) for k, v in runs.items()}
+    v = {k: float(out[0][0]) for k, out in runs.items()}
+    pairs = [
+        ("actstore linear_cka", "NumPy feature-space CKA", "CKA"),
+        ("actstore rsa correlation spearman", "rsatoolbox correlation spearman", "RSA Spearman"),
+        ("actstore rsa correlation pearson", "rsatoolbox correlation pearson", "RSA Pearson"),
+    ]
+    table, out = [], []
+    for ours, theirs, what in pairs:
+        has = theirs in t
+        ratio = t[ours] / t[theirs] if has else float("nan")
+        if what == "CKA":
+            diff = f"{abs(v[ours] - reference):.1e} (NumPy {abs(v[theirs] - reference):.1e})"
+        else:
+            diff = f"{abs(v[ours] - v[theirs]):.1e}" if has else "-"
+        peer = f"{t[theirs]:.3f} s" if has else "not installed"
+        table.append([what, f"{t[ours]:.3f} s", peer, f"{ratio:.2f}", f"{v[ours]:.6f}", diff])
+        out.append(
+            {"case": what, "actstore_s": t[ours], "peer_s": t.get(theirs), "ratio": ratio}
+            | {"value": v[ours], "peer_value": v.get(theirs), "cka_float64": reference}
+        )
+    return table, out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=1, help="timed repeats (median)")
     parser.add_argument("--block-rows", type=int, default=2048, help="rows per block")
     parser.add_argument("--site", default="hidden.6", help="site of the sink scan")
+    parser.add_argument("--cka-rows", type=int, default=5000, help="rows of the CKA/RSA data")
     args = parser.parse_args()
 
     store_path = OUT / "similarity-demo.acts"
@@ -138,6 +208,11 @@ def main() -> None:
     ]
     print(markdown_table(["case", "wall", "÷ matmul", "memory"], rows))
     print(f"\nraw mean cos {st.mean:.4f}, centered {cen.mean:.4f}")
+    table, cka_rows = cka_and_rsa(args.cka_rows, args.repeats)
+    results["cka_rsa"] = {"rows": args.cka_rows, "dim": 384, "cases": cka_rows}
+    print(f"\n{args.cka_rows:,} rows x 384, {args.repeats} interleaved rounds, medians\n")
+    header = ["analysis", "actstore", "peer", "ratio", "value", "|diff|"]
+    print(markdown_table(header, table))
     write_json(OUT / "similarity.json", results)
 
 
