@@ -177,7 +177,7 @@ def test_parts_on_two_machines_commit_once(
     assert main(["commit", url, "r", "--num-shards", "2", "--staging", str(tmp_path / "c")]) == 1
     second = extract(_config(model, data, url, tmp_path / "m0", num_shards=2, shard=0))
     assert second.status == "committed"
-    assert_same(snapshot(download(s3, url, tmp_path / "copy")), local_run_2_one_thread)
+    assert_same(snapshot(download(s3, url, tmp_path / "copy")), local_run_2)
     assert not [k for k in keys(s3, url) if "/parts/" in k]
     # machine 1 runs its part again: the run is there
     third = extract(_config(model, data, url, tmp_path / "m1", num_shards=2, shard=1))
