@@ -349,17 +349,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             return go
 
-        def saelens() -> dict[str, Any]:
-            out = run_saelens_child(folder, data, tmp / "s", args.context, args.batch)
-            print(f"  saelens: {out['wall_s']:.2f} s", flush=True)
-            return out
+        def saelens(name: str, huge_pages: bool) -> Any:
+            def go() -> dict[str, Any]:
+                out = run_saelens_child(
+                    folder, data, tmp / "s", args.context, args.batch, huge_pages=huge_pages
+                )
+                print(f"  {name}: {out['wall_s']:.2f} s", flush=True)
+                return out
 
-        def saelens_thp() -> dict[str, Any]:
-            out = run_saelens_child(
-                folder, data, tmp / "s", args.context, args.batch, huge_pages=True
-            )
-            print(f"  saelens_huge_pages: {out['wall_s']:.2f} s", flush=True)
-            return out
+            return go
 
         def saelens_same() -> dict[str, Any]:
             out = saelens_cache(model, tok, texts, layer, args.context, args.batch, tmp / "s")
@@ -370,8 +368,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             {
                 "actstore": actstore("actstore", common),
                 "actstore_budget": actstore("actstore_budget", same_budget),
-                "saelens": saelens,
-                "saelens_huge_pages": saelens_thp,
+                "saelens": saelens("saelens", huge_pages=False),
+                "saelens_huge_pages": saelens("saelens_huge_pages", huge_pages=True),
                 "saelens_same_process": saelens_same,
             },
             args.repeats,

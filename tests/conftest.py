@@ -6,8 +6,9 @@ Every model gets a real fast tokenizer trained here on a few sentences (no downl
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,22 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread inside (as in a Ray task with ``num_cpus=1``, where
+    ``OMP_NUM_THREADS=1``), its thread count restored after. Another thread count may sum
+    in another order: a float16 rounding of the result can then differ by one ulp."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
 
 #: Text the tiny tokenizers are trained on (covers the sentences the tests feed them).
 TRAIN_TEXT = [

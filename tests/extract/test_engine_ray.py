@@ -28,6 +28,7 @@ from actstore.extract.config import ExtractConfig
 from actstore.extract.runner import ExtractResult, extract
 from actstore.store.locks import held_parts
 from actstore.store.manifest import store_lock
+from tests.conftest import one_torch_thread
 
 from .test_concurrency import assert_same_store, job_env, store_files
 from .test_extract import read_run, write_corpus
@@ -80,20 +81,14 @@ class Reference(NamedTuple):
 def reference(
     tiny_model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Reference:
-    import torch
-
     root = tmp_path_factory.mktemp("ray-ref")
     data = make_corpus(root / "c.jsonl", n=240)
     model = tiny_model_dirs["bert"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a Ray task with num_cpus=1 (OMP_NUM_THREADS=1)
-    try:
+    with one_torch_thread():  # as in a Ray task with num_cpus=1
         for k in range(WORKERS):
             kw = options(model, data, root / "parts.acts", shard=k, num_shards=WORKERS)
             extract(ExtractConfig(**kw))
         extract(ExtractConfig(**options(model, data, root / "single.acts")))
-    finally:
-        torch.set_num_threads(threads)
     parts = store_files(root / "parts.acts")
     assert parts["leftovers"] == []
     return Reference(data, parts, root / "single.acts")

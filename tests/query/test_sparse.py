@@ -19,17 +19,14 @@ from actstore.query.sparse.metrics import (
     sparse_metrics,
 )
 from actstore.query.sparse.pursuit import codes_table, lasso, omp, reconstruct
+from tests.conftest import one_torch_thread
 
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread() -> Iterator[None]:
     """Tiny torch ops on a loaded 2-core machine are far faster on one thread."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
 def _problem(seed: int = 0, n: int = 30, m: int = 40, d: int = 20) -> tuple[np.ndarray, ...]:

@@ -16,17 +16,14 @@ from actstore.query.sparse.sae import SAEConfig, TopKSAE
 from actstore.query.store import Store
 from actstore.store.arrays import Layout
 from actstore.store.synthetic import write_synthetic_run
+from tests.conftest import one_torch_thread
 
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread() -> Iterator[None]:
     """Tiny torch ops on a loaded 2-core machine are far faster on one thread."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
 def _planted(

@@ -15,6 +15,7 @@ from actstore.query.sparse.atoms import atom_nearest_tokens, atom_top_rows, map_
 from actstore.query.sparse.on_store import encode_store
 from actstore.query.sparse.pursuit import omp
 from actstore.query.store import Store
+from tests.conftest import one_torch_thread
 
 from .conftest import CLIFailed
 
@@ -26,12 +27,8 @@ VOCAB_ROWS = (
 @pytest.fixture(autouse=True)
 def _one_torch_thread() -> Iterator[None]:
     """Tiny torch ops on a loaded 2-core machine are far faster on one thread."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from actstore.extract.runner import extract
 from actstore.store._bucket import Bucket
 from actstore.store._faults import crash_point_names
 from actstore.store._objects import store_path
+from tests.conftest import one_torch_thread
 
 from ..extract.test_resume import ARGS, assert_same, make_corpus, snapshot
 from .conftest import BUCKET, S3
@@ -90,39 +91,28 @@ def local_run(
     return snapshot(store)
 
 
+def _two_parts(model: Path, data: Path, store: Path) -> dict[str, Any]:
+    for shard in (0, 1):
+        extract(_config(model, data, str(store), None, num_shards=2, shard=shard))
+    return snapshot(store)
+
+
 @pytest.fixture(scope="module")
 def local_run_2(
     tiny_model_dirs: dict[str, Path], data: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
     """The same in two parts (``--num-shards 2``)."""
-    store = tmp_path_factory.mktemp("s3w") / "local2.acts"
-    for shard in (0, 1):
-        cfg = _config(tiny_model_dirs["bert"], data, str(store), None, num_shards=2, shard=shard)
-        extract(cfg)
-    return snapshot(store)
+    return _two_parts(tiny_model_dirs["bert"], data, tmp_path_factory.mktemp("s3w") / "local2.acts")
 
 
 @pytest.fixture(scope="module")
 def local_run_2_one_thread(
     tiny_model_dirs: dict[str, Path], data: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
-    """The two parts with torch on one thread, as in a Ray task with ``num_cpus=1``
-    (``OMP_NUM_THREADS=1``): another thread count may sum in another order, and a float16
-    rounding of the result can then differ by one unit in the last place."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    """The two parts with torch on one thread, as Ray tasks run them."""
+    with one_torch_thread():
         store = tmp_path_factory.mktemp("s3w1") / "local2.acts"
-        for shard in (0, 1):
-            cfg = _config(
-                tiny_model_dirs["bert"], data, str(store), None, num_shards=2, shard=shard
-            )
-            extract(cfg)
-    finally:
-        torch.set_num_threads(threads)
-    return snapshot(store)
+        return _two_parts(tiny_model_dirs["bert"], data, store)
 
 
 def test_extract_to_s3_equals_local(

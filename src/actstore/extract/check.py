@@ -46,6 +46,21 @@ def tolerance(dtype: torch.dtype) -> float:
     return 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
 
 
+def _hf_hidden_states(
+    lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, ...] | None:
+    """Hugging Face's ``hidden_states`` of the base model on a batch (None if it returns
+    none); ``mask`` None runs the batch without an attention mask."""
+    with torch.inference_mode():
+        out = lm.base(
+            input_ids=ids,
+            attention_mask=mask,
+            output_hidden_states=True,
+            **forward_kwargs(lm.base),
+        )
+    return getattr(out, "hidden_states", None)
+
+
 def check_hidden_sites(lm: LoadedModel) -> None:
     """Refuse a model whose hidden sites differ from Hugging Face's ``hidden_states``.
 
@@ -74,14 +89,7 @@ def check_hidden_sites(lm: LoadedModel) -> None:
         if inferred
         else "the adapter does not fit this checkpoint; fix it in actstore/extract/adapters.py"
     )
-    with torch.inference_mode():
-        out = lm.base(
-            input_ids=ids,
-            attention_mask=mask,
-            output_hidden_states=True,
-            **forward_kwargs(lm.base),
-        )
-    ref = getattr(out, "hidden_states", None)
+    ref = _hf_hidden_states(lm, ids, mask)
     if ref is None:
         if inferred:
             raise ModelLoadError(
@@ -130,12 +138,7 @@ def padding_mask_needed(lm: LoadedModel) -> bool:
     ids, mask = dummy_batch(lm)
     if bool(mask.all()):
         return True  # too short a model to pad the dummy batch: nothing to compare
-    kwargs = {"output_hidden_states": True, **forward_kwargs(lm.base)}
-    with torch.inference_mode():
-        masked = getattr(
-            lm.base(input_ids=ids, attention_mask=mask, **kwargs), "hidden_states", None
-        )
-        free = getattr(lm.base(input_ids=ids, **kwargs), "hidden_states", None)
+    masked, free = _hf_hidden_states(lm, ids, mask), _hf_hidden_states(lm, ids, None)
     if masked is None or free is None or len(masked) != len(free):
         return True
     real = mask.bool()

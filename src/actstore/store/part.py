@@ -201,10 +201,7 @@ class PartWriter:
             rows = resume["rows"]
         (self.dir / TOKENS_DIR).mkdir(parents=True, exist_ok=True)
         (self.dir / DOCS_DIR).mkdir(parents=True, exist_ok=True)
-        self._remove_debris(resume)
-        # zarr's metadata temp files ("<name>.<uuid>.partial") left by a killed writer
-        for tmp in (self.arrays_root / part_name(index)).glob("**/*.partial"):
-            tmp.unlink(missing_ok=True)
+        self._remove_debris(resume, index)
         self.progress = resume
         self.writers = {
             site: RowArrayWriter(
@@ -221,7 +218,8 @@ class PartWriter:
         self._losses: list[dict[str, npt.NDArray[Any]]] = []
         self._rows = resume["rows"]
 
-    def _remove_debris(self, progress: Progress) -> None:
+    def _remove_debris(self, progress: Progress, index: int) -> None:
+        """Delete files a killed writer left: unlisted ones, zarr's ``*.partial`` temp files."""
         listed = {*progress["token_files"], *progress["doc_files"]}
         listed.update(progress.get("loss_files", []))
         if progress["centroid_file"]:
@@ -232,6 +230,8 @@ class PartWriter:
                 for f in folder.iterdir():
                     if f"{sub}/{f.name}" not in listed:
                         f.unlink()
+        for tmp in (self.arrays_root / part_name(index)).glob("**/*.partial"):
+            tmp.unlink(missing_ok=True)
 
     @property
     def rows(self) -> int:
